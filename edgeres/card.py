@@ -1,0 +1,156 @@
+"""The model card: what a model is and how to feed it, carried by every artifact.
+
+The checkpoint holds it, the ONNX carries it in ``metadata_props`` under :data:`ONNX_METADATA_KEY`, and every
+built artifact's sidecar repeats it. ``infer``, ``calibrate`` and ``check`` read preprocessing from the card;
+they never guess it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeres.errors import ModelError
+
+ONNX_METADATA_KEY = "edgeres.card"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes one input tensor.
+
+    Pixels are scaled to [0, 1], resized so the short side is ``resize`` (skipped when None), center-cropped to
+    ``crop`` x ``crop``, normalised per channel with ``mean``/``std`` and laid out as ``layout``.
+    """
+
+    resize: int | None = 256  # short side after resizing; None keeps the decoded size
+    crop: int = 224  # square center crop, the model's input height and width
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, in [0, 1] pixel units
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3  # 1 = grayscale (L), 3 = colour
+    channel_order: str = "RGB"  # or "BGR" for models trained on OpenCV-decoded images
+    layout: str = "NCHW"  # or "NHWC"
+    interpolation: str = "bilinear"  # Pillow resampling filter name
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ModelError(f"preprocess.channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ModelError(
+                f"preprocess mean/std need {self.channels} values each, got {len(self.mean)} and {len(self.std)}"
+            )
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ModelError(f"preprocess.channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ModelError(f"preprocess.layout must be NCHW or NHWC, got {self.layout!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one preprocessed image, without the batch axis."""
+        if self.layout == "NCHW":
+            return (self.channels, self.crop, self.crop)
+        return (self.crop, self.crop, self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("mean", "std"):
+            if key in kwargs:
+                kwargs[key] = tuple(float(x) for x in kwargs[key])
+        return cls(**kwargs)
+
+    @classmethod
+    def imagenet(cls) -> Preprocess:
+        """ImageNet's 256 → 224 recipe."""
+        return cls()
+
+    @classmethod
+    def small(cls, *, size: int = 32, channels: int = 3, mean: tuple[float, ...] | None = None,
+              std: tuple[float, ...] | None = None) -> Preprocess:
+        """Small images (digits, CIFAR-like): resize straight to ``size``, no crop margin."""
+        mean = mean if mean is not None else (0.5,) * channels
+        std = std if std is not None else (0.25,) * channels
+        return cls(resize=size, crop=size, mean=mean, std=std, channels=channels)
+
+
+@dataclass
+class ModelCard:
+    """What a model is, what it was trained on and how to feed it."""
+
+    arch: str
+    class_names: list[str]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    input_name: str = "input"
+    output_name: str = "logits"
+    model_options: dict[str, Any] = field(default_factory=dict)  # extra factory kwargs (shortcut, stride_on...)
+    dataset: dict[str, Any] = field(default_factory=dict)  # {"root": ..., "train": ..., "val": ..., "calibration": ...}
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"val_top1": 0.978, ...}
+    seed: int | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # edgeres, torch, ... at training time
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.preprocess.channels
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        try:
+            known = {f.name for f in dataclasses.fields(cls)}
+            kwargs = {k: v for k, v in data.items() if k in known}
+            kwargs["preprocess"] = Preprocess.from_dict(data.get("preprocess", {}))
+            kwargs["class_names"] = [str(c) for c in data["class_names"]]
+            return cls(**kwargs)
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"model card is incomplete or malformed ({exc}); re-export the model") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card is not valid JSON ({exc})") from exc
+
+
+def card_from_onnx(model: Any) -> ModelCard | None:
+    """The card stored in an ``onnx.ModelProto``'s metadata, or None when it carries none."""
+    for prop in model.metadata_props:
+        if prop.key == ONNX_METADATA_KEY:
+            return ModelCard.from_json(prop.value)
+    return None
+
+
+def attach_card_to_onnx(model: Any, card: ModelCard) -> None:
+    """Store ``card`` in an ``onnx.ModelProto``'s metadata, replacing any earlier card."""
+    for prop in list(model.metadata_props):
+        if prop.key == ONNX_METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key = ONNX_METADATA_KEY
+    entry.value = card.to_json()
+
+
+def read_onnx_card(path: str) -> ModelCard | None:
+    """Read only the card of an ONNX file (weights are loaded too; ONNX has no header-only read)."""
+    import onnx
+
+    return card_from_onnx(onnx.load(path, load_external_data=False))
