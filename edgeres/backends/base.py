@@ -137,3 +137,18 @@ class Runner(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def write_sidecar(artifact: str | Path, sidecar: Sidecar) -> Path:
+    """Write ``sidecar`` beside ``artifact`` atomically; returns the sidecar path."""
+    from edgeres.io import write_json_atomic
+
+    return write_json_atomic(sidecar_path(artifact), sidecar.to_dict())
+
+
+def read_sidecar_for(artifact: str | Path) -> Sidecar:
+    """Read the sidecar of ``artifact``; a missing one is an error that says how to rebuild."""
+    path = sidecar_path(artifact)
+    if not path.exists():
+        raise BackendError(f"{artifact} has no sidecar {path.name}; rebuild it with `edgeres build`")
+    return Sidecar.read(path)
