@@ -1,0 +1,243 @@
+"""Record the Python API surface of real TensorRT bindings, without TensorRT's libraries or a GPU.
+
+The bindings wheels (``tensorrt-bindings`` and friends) are small and on PyPI; what they load (``libnvinfer``,
+``libnvonnxparser``, ``libnvinfer_plugin``) is not. This script downloads each wheel, lists the C symbols its
+extension needs (``readelf``), compiles stub libraries that export those names as functions returning NULL
+(``gcc``), imports the bindings in a subprocess with the stubs on ``LD_LIBRARY_PATH`` and writes what the
+module holds — classes, methods and their pybind11 signatures (argument names, types, overloads), properties,
+enum members, module functions and constants — to ``tests/trt_api/<version>.json``. The test double of
+``tensorrt`` (``tests/trt_double``) is held to those files.
+
+Usage::
+
+    python tools/trt_api_surface.py                  # all versions, wheels cached in .trt_wheels/
+    python tools/trt_api_surface.py --only 10.13.3   # one version
+
+Needs: pip, readelf (binutils), gcc, network access to PyPI. Writes deterministic, sorted JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = ROOT / "tests" / "trt_api"
+WHEEL_CACHE = ROOT / ".trt_wheels"
+
+# (file stem in tests/trt_api, pip requirement)
+VERSIONS = [
+    ("8.6.1", "tensorrt-bindings==8.6.1"),
+    ("10.13.3", "tensorrt-cu12-bindings==10.13.3.9.post1"),
+    ("11.4.0", "tensorrt-cu13-bindings==11.4.0.106"),
+]
+
+# Libraries a Linux system always has: never stubbed.
+SYSTEM_LIBS = re.compile(r"^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux[-\w]*)\.so")
+# Symbols resolved by libc/libstdc++/libgcc or the Python interpreter.
+SYSTEM_SYMBOL = re.compile(r"^(_?Py|__gmon_start__|_ITM_|_ZGTt|dl(open|close|sym|error)$|pthread_|__pthread_)")
+# Python keeps object addresses in some default-argument reprs: drop them so the output is deterministic.
+ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+KEEP_DUNDERS = {"__init__", "__call__", "__enter__", "__exit__", "__len__", "__getitem__", "__setitem__",
+                "__iter__", "__int__", "__index__"}
+
+
+def download(requirement: str, dest: Path) -> Path:
+    """Download the cp311 manylinux wheel of ``requirement`` into ``dest`` (no dependencies) and return it."""
+    name = requirement.split("==")[0].replace("-", "_")
+    version = requirement.split("==")[1]
+    for wheel in dest.glob(f"{name}-{version}-*.whl"):
+        return wheel
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
+           "--platform", "manylinux2014_x86_64", "-d", str(dest), requirement]
+    subprocess.run(cmd, check=True)
+    wheels = list(dest.glob(f"{name}-{version}-*.whl"))
+    if not wheels:
+        raise SystemExit(f"pip did not leave a wheel for {requirement} in {dest}")
+    return wheels[0]
+
+
+def needed_libs(extension: Path) -> list[str]:
+    """DT_NEEDED entries of ``extension`` that are not system libraries."""
+    out = subprocess.run(["readelf", "-d", str(extension)], check=True, capture_output=True, text=True).stdout
+    names = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+    return sorted(n for n in names if not SYSTEM_LIBS.match(n))
+
+
+def undefined_symbols(extension: Path) -> list[str]:
+    """GLOBAL undefined, unversioned symbols of ``extension`` that no system library or Python provides."""
+    out = subprocess.run(["readelf", "-W", "--dyn-syms", str(extension)], check=True, capture_output=True,
+                         text=True).stdout
+    symbols = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 8 or parts[6] != "UND" or parts[4] != "GLOBAL":
+            continue
+        name = parts[7]
+        if "@" in name or SYSTEM_SYMBOL.match(name):
+            continue
+        symbols.add(name)
+    return sorted(symbols)
+
+
+def build_stubs(libs: list[str], symbols: list[str], dest: Path) -> None:
+    """Compile each of ``libs`` as a shared library exporting every name in ``symbols`` (returning NULL)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    source = dest / "stub.c"
+    # Mangled C++ names are valid C identifiers, so one C file serves both.
+    source.write_text("".join(f"void *{s}(void) {{ return 0; }}\n" for s in symbols))
+    for lib in libs:
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(dest / lib), str(source)], check=True)
+
+
+def surface_of(version: str, requirement: str, wheels: Path) -> dict:
+    """Unpack, stub, import in a subprocess and return the surface of one bindings wheel."""
+    wheel = download(requirement, wheels)
+    with tempfile.TemporaryDirectory(prefix=f"trt-{version}-") as tmp:
+        tmp_path = Path(tmp)
+        site = tmp_path / "site"
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(site)
+        extension = site / "tensorrt_bindings" / "tensorrt.so"
+        libs = needed_libs(extension)
+        symbols = undefined_symbols(extension)
+        build_stubs(libs, symbols, tmp_path / "stubs")
+        env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path / "stubs"), PYTHONPATH=str(site))
+        out = subprocess.run([sys.executable, __file__, "--dump"], check=True, capture_output=True, text=True,
+                             env=env, cwd=tmp).stdout
+    surface = json.loads(out)
+    surface["source"] = {"requirement": requirement, "wheel": wheel.name, "stubbed_libraries": libs,
+                         "stubbed_symbols": symbols}
+    return surface
+
+
+# ---- runs inside the subprocess, with the stubbed bindings importable ----
+
+def _signatures(doc: str | None, name: str) -> list[str]:
+    """pybind11 signature lines of ``name`` in a docstring (one per overload), without the ``N. `` prefix."""
+    if not doc:
+        return []
+    sigs = []
+    for line in doc.splitlines():
+        line = re.sub(r"^\d+\. ", "", line.strip())
+        if line.startswith(f"{name}(") and line != f"{name}(*args, **kwargs)":
+            sigs.append(_clean(line))
+    return sigs
+
+
+def _clean(text: str) -> str:
+    return ADDRESS.sub("", text.replace("tensorrt_bindings.tensorrt.", "tensorrt.").replace(
+        "tensorrt_bindings.", "tensorrt."))
+
+
+def _python_signature(func: object, name: str) -> list[str]:
+    import inspect
+
+    try:
+        return [_clean(f"{name}{inspect.signature(func)}")]
+    except (TypeError, ValueError):
+        return []
+
+
+def _describe_class(cls: type, qualname: str, classes: dict) -> None:
+    import inspect
+
+    entry: dict = {"bases": [_clean(f"{b.__module__}.{b.__qualname__}") for b in cls.__bases__],
+                   "methods": {}, "static_methods": {}, "properties": {}, "attributes": {}, "nested": []}
+    members = getattr(cls, "__members__", None)
+    if isinstance(members, dict):
+        entry["enum_members"] = {k: int(v) for k, v in members.items()}
+    for name in sorted(dir(cls)):
+        if name.startswith("__") and name not in KEEP_DUNDERS:
+            continue
+        if members and name in members:
+            continue
+        try:
+            raw = inspect.getattr_static(cls, name)
+        except AttributeError:
+            continue
+        if isinstance(raw, property) or type(raw).__name__ == "property":
+            fget_doc = getattr(raw.fget, "__doc__", None) or ""
+            m = re.search(r"\) -> (.+)$", fget_doc.splitlines()[0] if fget_doc else "")
+            entry["properties"][name] = {"writable": raw.fset is not None,
+                                         "type": _clean(m.group(1)) if m else ""}
+        elif isinstance(raw, staticmethod):
+            func = raw.__func__
+            entry["static_methods"][name] = _signatures(func.__doc__, name) or _python_signature(func, name)
+        elif inspect.isclass(raw):
+            nested = f"{qualname}.{name}"
+            entry["nested"].append(name)
+            if nested not in classes:
+                _describe_class(raw, nested, classes)
+        elif callable(raw) or type(raw).__name__ in ("instancemethod", "wrapper_descriptor", "method_descriptor"):
+            value = getattr(cls, name)
+            sigs = _signatures(getattr(value, "__doc__", None), name)
+            if not sigs and inspect.isfunction(raw):
+                sigs = _python_signature(raw, name)
+            entry["methods"][name] = sigs
+        else:
+            entry["attributes"][name] = type(raw).__name__
+    classes[qualname] = entry
+
+
+def dump() -> dict:
+    """Describe the importable ``tensorrt_bindings`` module."""
+    import inspect
+
+    import tensorrt_bindings as trt
+
+    classes: dict = {}
+    functions: dict = {}
+    constants: dict = {}
+    for name, value in sorted(vars(trt).items()):
+        if name.startswith("__") and name != "__version__":
+            continue
+        if inspect.ismodule(value):
+            continue
+        if inspect.isclass(value):
+            if value.__name__ != name:  # an alias such as Logger.Severity re-exported under another name
+                constants[name] = {"type": "class", "repr": _clean(value.__qualname__)}
+            else:
+                _describe_class(value, name, classes)
+        elif callable(value):
+            functions[name] = _signatures(value.__doc__, name) or _python_signature(value, name)
+        else:
+            constants[name] = {"type": type(value).__name__, "repr": _clean(repr(value))}
+    return {"version": trt.__version__, "classes": classes, "functions": functions, "constants": constants}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dump", action="store_true", help="(internal) print the surface of the importable bindings")
+    parser.add_argument("--only", action="append", help="version stem to refresh, e.g. 10.13.3 (repeatable)")
+    parser.add_argument("--wheels", type=Path, default=WHEEL_CACHE, help="wheel download cache")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="where the JSON files go")
+    args = parser.parse_args(argv)
+    if args.dump:
+        json.dump(dump(), sys.stdout, sort_keys=True)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for stem, requirement in VERSIONS:
+        if args.only and stem not in args.only:
+            continue
+        surface = surface_of(stem, requirement, args.wheels)
+        path = args.out / f"{stem}.json"
+        path.write_text(json.dumps(surface, indent=1, sort_keys=True) + "\n")
+        n_members = sum(len(c["methods"]) + len(c["properties"]) + len(c.get("enum_members", {}))
+                        for c in surface["classes"].values())
+        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: TensorRT {surface['version']}, "
+              f"{len(surface['classes'])} classes, {n_members} members")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
