@@ -137,7 +137,9 @@ def _to_mode(img: Image.Image, target: str) -> Image.Image:
             arr = np.clip(arr, 0, 65535) / 257.0
         gray = Image.fromarray(np.rint(arr).astype(np.uint8), mode="L")
         return gray if target == "L" else gray.convert("RGB")
-    if target == "L" and mode in ("1", "L", "LA", "La"):
+    if mode == "La":  # premultiplied grey: Pillow converts it only to LA
+        img = img.convert("LA")
+    if target == "L" and img.mode in ("1", "L", "LA"):
         return img.convert("L")
     if mode in ("PA", "RGBa") or (mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")  # P with transparency warns when converted straight to RGB
