@@ -8,7 +8,6 @@ shortcuts, for the paper's degradation comparison (Figure 4); they have no ``dow
 """
 from __future__ import annotations
 
-import logging
 from enum import Enum
 
 import torch
@@ -16,7 +15,6 @@ from torch import nn
 
 from edgeres.errors import ModelError
 
-log = logging.getLogger(__name__)
 
 __all__ = [
     "StrideOn", "BasicBlock", "Bottleneck", "ResNet",
