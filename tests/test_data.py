@@ -483,3 +483,15 @@ def test_write_digits_without_sklearn(tmp_path, monkeypatch):
     with pytest.raises(EdgeresError, match=r"pip install 'edgeres\[demo\]'"):
         write_digits(tmp_path / "d")
     assert not (tmp_path / "d").exists()
+
+
+def test_open_dataset_train_only_with_val_split_and_val_split_ignored_with_val(tmp_path, caplog):
+    root = tmp_path / "ds"
+    _tree(root / "train", {"a": 5, "b": 5})
+    ds = open_dataset(root, val_split=0.4)
+    assert np.bincount(ds.val.labels).tolist() == [2, 2] and len(ds.train) == 6
+    assert all(p.parent.parent == root / "train" for p in ds.train.paths + ds.val.paths)
+    _tree(root / "val", {"a": 1, "b": 1})
+    with caplog.at_level(logging.WARNING, logger="edgeres.data"):
+        ds = open_dataset(root, val_split=0.4)
+    assert len(ds.train) == 10 and len(ds.val) == 2 and "ignoring val_split" in caplog.text
