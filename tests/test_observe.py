@@ -1,0 +1,107 @@
+"""edgeres.observe: which tensors are observed, and that streamed observation equals a one-shot computation."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from calibration import make_collector
+from edgeres.errors import InputError, ModelError
+from edgeres.models import create
+from edgeres.observe import observe, observing_model
+from edgeres.quantize import fold_batchnorm, tensors_to_observe
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    net = create("resnet20", num_classes=3, in_channels=1, shortcut="B")
+    net.train()
+    with torch.no_grad():
+        for _ in range(4):
+            net(torch.randn(16, 1, SIZE, SIZE))
+    path = tmp_path_factory.mktemp("obs") / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), torch.zeros(1, 1, SIZE, SIZE), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
+    return fold_batchnorm(onnx.load(str(path)))
+
+
+def _node(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op]
+
+
+def test_observes_exactly_the_tensors_that_need_scales(model):
+    observed = set(tensors_to_observe(model))
+    convs, adds = _node(model, "Conv"), _node(model, "Add")
+    expected_min = {"input"} | {c.input[0] for c in convs} | {t for a in adds for t in a.input}
+    expected_min |= {n.input[0] for n in _node(model, "GlobalAveragePool") + _node(model, "Gemm")}
+    assert expected_min <= observed
+    # ORT's u8 form also needs the residual Adds' (ReLU) outputs; nothing else.
+    extra = observed - expected_min
+    add_relus = {r.output[0] for r in _node(model, "Relu") if any(r.input[0] == a.output[0] for a in adds)}
+    assert extra <= add_relus | {n.output[0] for n in _node(model, "GlobalAveragePool")}
+    # a Conv output that only feeds its ReLU is never observed (TensorRT fuses Conv+ReLU)
+    relu_inputs = {r.input[0] for r in _node(model, "Relu")}
+    assert not any(c.output[0] in observed for c in convs if c.output[0] in relu_inputs)
+    assert "logits" not in observed
+
+
+def test_streamed_minmax_equals_max_abs_of_every_intermediate(model):
+    images = np.random.default_rng(1).normal(0, 1, (20, 1, SIZE, SIZE)).astype(np.float32)
+    names = tensors_to_observe(model)
+    # independent computation: every intermediate as an output, all images at once, max |x|
+    everything = onnx.ModelProto()
+    everything.CopyFrom(model)
+    for node in everything.graph.node:
+        for out in node.output:
+            if out != "logits":
+                everything.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
+    session = ort.InferenceSession(everything.SerializeToString(), providers=["CPUExecutionProvider"])
+    all_names = [o.name for o in session.get_outputs()]
+    values = dict(zip(all_names, session.run(None, {"input": images})))
+    values["input"] = images
+    expected = {n: float(np.abs(values[n]).max()) for n in names}
+
+    collector = make_collector("minmax")
+    batches = ({"input": images[i:i + 6]} for i in range(0, len(images), 6))  # 6, 6, 6, 2
+    assert observe(model, batches, collector, quiet=True) == len(images)
+    got = collector.compute()
+    assert set(got) == set(names)
+    for name in names:
+        assert got[name] == pytest.approx(expected[name], rel=1e-5), name
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def observe(self, name: str, values: np.ndarray) -> None:
+        self.calls.append((name, values.shape))
+
+
+def test_one_run_per_batch_and_only_batch_sized_arrays(model, capsys):
+    images = np.zeros((10, 1, SIZE, SIZE), np.float32)
+    recorder = _Recorder()
+    names = tensors_to_observe(model)
+    observe(model, ({"input": images[i:i + 4]} for i in range(0, 10, 4)), recorder, total=10, quiet=False)
+    assert len(recorder.calls) == 3 * len(names)
+    assert all(shape[0] in (4, 2) for _, shape in recorder.calls)
+    assert "img/s" in capsys.readouterr().err  # the progress bar reports images per second
+
+
+def test_bad_batches_and_tensors_are_refused(model):
+    with pytest.raises(InputError, match="lacks model input"):
+        observe(model, [{"image": np.zeros((1, 1, SIZE, SIZE), np.float32)}], _Recorder(), quiet=True)
+    with pytest.raises(InputError, match="rejects a calibration batch"):
+        observe(model, [{"input": np.zeros((1, 3, SIZE, SIZE), np.float32)}], _Recorder(), quiet=True)
+    with pytest.raises(ModelError, match="no_such_tensor"):
+        observing_model(model, ["no_such_tensor"])
