@@ -29,6 +29,8 @@ from calibration import thresholds
 
 log = logging.getLogger(__name__)
 
+# The smallest histogram range, 2**-100: keeps num_bins / range finite in float32 for denormal-sized values.
+_MIN_RANGE_EXP = -100
 # Elements processed at once by the histogram path: bounds the scratch memory to ~12 MiB per call.
 _CHUNK = 1 << 20
 
@@ -148,7 +150,7 @@ class Histogram:
     def grow(self, new_max: float) -> None:
         """Widen the range to the smallest power of two above ``new_max``, merging old bins exactly."""
         _, exp = math.frexp(new_max)  # new_max = m * 2**exp with 0.5 <= m < 1, so 2**exp > new_max
-        new_range = math.ldexp(1.0, exp)
+        new_range = math.ldexp(1.0, max(exp, _MIN_RANGE_EXP))
         if self.range is None:
             self.range = new_range
             self.counts[0] += self.zeros

@@ -153,3 +153,12 @@ def test_unobserved_tensor_is_named():
     c.observe("a", np.ones(3))
     with pytest.raises(CalibrationError, match="'b' was never observed"):
         c.histogram("b")
+
+
+def test_tiny_and_huge_values_stay_finite():
+    c = EntropyCollector()
+    c.observe("tiny", np.array([1e-40, -3e-39, 0.0], dtype=np.float32))
+    c.observe("huge", np.array([3e38, -1.0], dtype=np.float32))
+    amax = c.compute()
+    assert 0.0 < amax["tiny"] < 1e-29 and c.histogram("tiny").counts.sum() == 3
+    assert 1e38 < amax["huge"] < np.inf
