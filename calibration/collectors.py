@@ -76,7 +76,9 @@ class Collector(ABC):
 def _as_real_array(name: str, values: np.ndarray) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype.kind not in "fiub":
-        raise CalibrationError(f"tensor {name!r} has dtype {arr.dtype}, not a real number type; it cannot be calibrated")
+        raise CalibrationError(
+            f"tensor {name!r} has dtype {arr.dtype}, not a real number type; it cannot be calibrated"
+        )
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float32)
     return arr.reshape(-1)
@@ -324,7 +326,9 @@ class MseCollector(HistogramCollector):
         return {**super().options, "start_bin": self.start_bin, "max_level": self.max_level, "stride": self.stride}
 
     def _threshold(self, counts: np.ndarray, width: float) -> float:
-        return thresholds.amax_mse(counts, width, start_bin=self.start_bin, max_level=self.max_level, stride=self.stride)
+        return thresholds.amax_mse(
+            counts, width, start_bin=self.start_bin, max_level=self.max_level, stride=self.stride
+        )
 
 
 _COLLECTORS: dict[Method, type[Collector]] = {

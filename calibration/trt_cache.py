@@ -71,11 +71,15 @@ def version_number(trt_version: str) -> int:
     major, minor, patch = int(m[1]), int(m[2]), int(m[3] or 0)
     if major in _OLD_SCHEME:
         if minor > 9 or patch > 99:
-            raise CalibrationError(f"TensorRT version {trt_version!r} has minor > 9 or patch > 99, which 8.x numbering cannot hold")
+            raise CalibrationError(
+                f"TensorRT version {trt_version!r} has minor > 9 or patch > 99, which 8.x numbering cannot hold"
+            )
         number = major * 1000 + minor * 100 + patch
     elif major in _NEW_SCHEME:
         if minor > 99 or patch > 99:
-            raise CalibrationError(f"TensorRT version {trt_version!r} has minor or patch > 99, which 10.x numbering cannot hold")
+            raise CalibrationError(
+                f"TensorRT version {trt_version!r} has minor or patch > 99, which 10.x numbering cannot hold"
+            )
         number = major * 10000 + minor * 100 + patch
     else:
         raise CalibrationError(
@@ -84,7 +88,8 @@ def version_number(trt_version: str) -> int:
         )
     if major >= 11:
         log.warning(
-            "TensorRT %s has no implicit INT8 calibration; it reads no calibration cache (use the Q/DQ ONNX)", trt_version
+            "TensorRT %s has no implicit INT8 calibration; it reads no calibration cache (use the Q/DQ ONNX)",
+            trt_version,
         )
     return number
 
@@ -104,7 +109,8 @@ def parse_header(header: str) -> CacheHeader:
     m = _HEADER_RE.match(header.strip())
     if not m:
         raise CalibrationError(
-            f"{header.strip()!r} is not a TensorRT calibration cache header (expected e.g. TRT-8601-EntropyCalibration2)"
+            f"{header.strip()!r} is not a TensorRT calibration cache header "
+            "(expected e.g. TRT-8601-EntropyCalibration2)"
         )
     number = int(m[1])
     return CacheHeader(number, _split_number(number), m[2])
@@ -121,7 +127,9 @@ def format_header(trt_version: str, algorithm: Algorithm | str = Algorithm.ENTRO
         algo = Algorithm(algorithm)
     except ValueError:
         valid = ", ".join(a.value for a in Algorithm)
-        raise CalibrationError(f"unknown TensorRT calibration algorithm {algorithm!r}; choose one of: {valid}") from None
+        raise CalibrationError(
+            f"unknown TensorRT calibration algorithm {algorithm!r}; choose one of: {valid}"
+        ) from None
     return f"TRT-{version_number(trt_version)}-{algo.value}"
 
 
@@ -161,7 +169,9 @@ def write(
     lines = [header]
     for name, value in amax.items():
         if "\n" in name or "\r" in name or not name.strip():
-            raise CalibrationError(f"tensor name {name!r} cannot be written to a TensorRT cache (empty or has a line break)")
+            raise CalibrationError(
+                f"tensor name {name!r} cannot be written to a TensorRT cache (empty or has a line break)"
+            )
         value = float(value)
         if not (math.isfinite(value) and value >= 0):
             raise CalibrationError(f"amax of tensor {name!r} is {value}; it must be a finite number >= 0")
@@ -207,7 +217,9 @@ def read(path: str | os.PathLike[str]) -> tuple[str, dict[str, float]]:
             )
         scale = hex_scale(digits)
         if not (math.isfinite(scale) and scale >= 0):
-            raise CalibrationError(f"calibration cache {path}, line {lineno}: scale of {name!r} is {scale}, not a finite number >= 0")
+            raise CalibrationError(
+                f"calibration cache {path}, line {lineno}: scale of {name!r} is {scale}, not a finite number >= 0"
+            )
         if name in scales:
             raise CalibrationError(f"calibration cache {path}, line {lineno}: tensor {name!r} appears twice")
         scales[name] = scale

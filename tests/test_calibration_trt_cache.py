@@ -124,4 +124,5 @@ def test_windows_line_endings_are_read(tmp_path):
     path = tmp_path / "w.cache"
     path.write_bytes(b"TRT-8502-EntropyCalibration2\r\ndata: 3c008912\r\n")
     header, scales = trt_cache.read(path)
-    assert header == "TRT-8502-EntropyCalibration2" and scales["data"] == struct.unpack(">f", bytes.fromhex("3c008912"))[0]
+    assert header == "TRT-8502-EntropyCalibration2"
+    assert scales["data"] == struct.unpack(">f", bytes.fromhex("3c008912"))[0]
