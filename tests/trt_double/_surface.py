@@ -199,7 +199,7 @@ def _make_class(qualname: str, entry: dict, impl: type | None, enums: dict[str, 
             found = property(found.fget, _not_simulated(f"setting {qualname}.{name}"), None, found.__doc__)
         ns[name] = found
     # private helpers of the double (``_d_*``) travel along
-    for klass in reversed(impl.__mro__ if impl else ()):
+    for klass in (impl.__mro__ if impl else ()):  # most derived first
         for name, value in klass.__dict__.items():
             if name.startswith("_d_") and name not in ns:
                 ns[name] = value

@@ -1,0 +1,684 @@
+"""TensorRT engines: build one from ONNX, run it with pycuda. The one module of edgeres that imports ``tensorrt``.
+
+TensorRT is imported lazily. Version differences (8.5/8.6, 10.x, 11.x) are decided once, by feature detection,
+in :class:`Features`; everything else asks it. Only the tensor-name API (8.5+) and ``execute_async_v3`` are used.
+
+::
+
+    sidecar = build_engine(Path("m.int8.onnx"), out=Path("m.engine"), precision=Precision.INT8, card=card,
+                           source_onnx_sha256=sha, profile=BatchProfile(1, 8, 32))
+    with TensorRTRunner(Path("m.engine")) as runner:
+        logits = runner.infer(batch)
+        print(runner.last_stage_times)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edgeres.backends import cuda as cu
+from edgeres.backends.base import BatchProfile, Precision, Sidecar, StageTimes, read_sidecar_for, write_sidecar
+from edgeres.card import ModelCard
+from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
+from edgeres.io import atomic_path, sha256_file, write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # present on Jetson (L4T)
+JETSON_WORKSPACE_SHARE = 0.5  # default workspace on Jetson: this share of available memory (shared with the CPU)
+_INT8_MODES = ("explicit", "implicit")
+
+
+def _trt() -> ModuleType:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise BackendUnavailable(f"TensorRT's Python bindings cannot be imported ({exc}); install them with "
+                                 f"pip install 'edgeres[tensorrt]' (on a Jetson they come with JetPack)") from exc
+    return tensorrt
+
+
+def is_available() -> tuple[bool, str]:
+    """Whether TensorRT can build and run engines here, and why (never raises).
+
+    A CUDA device is looked for before any TensorRT object exists: without one, TensorRT's runtime can hand back
+    an object that crashes the process on first use.
+    """
+    try:
+        count = cu.device_count()
+        if count == 0:
+            return False, "no CUDA device (or no pycuda/driver)"
+        info = cu.device_info(0)
+        trt = _trt()
+        features = Features.detect(trt)
+    except (BackendUnavailable, BackendError) as exc:
+        return False, str(exc)
+    return True, f"TensorRT {trt.__version__} ({features.era}) on {info.name} (sm {info.compute_capability})"
+
+
+def trt_version() -> str:
+    """The installed TensorRT's version, e.g. ``"10.13.3.9"`` (numeric part only: wheels may add ``.post1``)."""
+    return _numeric_version(_trt().__version__)
+
+
+def _numeric_version(text: object) -> str:
+    m = re.match(r"\d+(\.\d+)*", str(text))
+    return m.group(0) if m else str(text)
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the installed TensorRT offers; the one place that knows about versions."""
+
+    major: int
+    explicit_batch: Any  # NetworkDefinitionCreationFlag.EXPLICIT_BATCH to set (8.x), else None (10.x ignores it, 11.x lacks it)
+    strongly_typed: Any  # NetworkDefinitionCreationFlag.STRONGLY_TYPED to set (10.x), else None
+    always_strongly_typed: bool  # 11.x: precision flags are gone, types come from the ONNX
+    implicit_int8: bool  # 8.5-10.x: calibrators and IBuilderConfig.int8_calibrator
+    progress_monitor: bool  # 10.x+: IProgressMonitor
+    named_parser_errors: bool  # 10.x+: ParserError.node_name / node_operator
+
+    @property
+    def era(self) -> str:
+        return "8.x" if self.major < 10 else f"{self.major}.x"
+
+    @classmethod
+    def detect(cls, trt: ModuleType) -> Features:
+        if not hasattr(trt.ICudaEngine, "num_io_tensors"):  # < 8.5: binding-index API only
+            raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: edgeres needs 8.5 or newer")
+        flags = trt.NetworkDefinitionCreationFlag
+        precision_flags = hasattr(trt.BuilderFlag, "FP16")  # 8.5-10.x; removed in 11.x
+        strongly = getattr(flags, "STRONGLY_TYPED", None)  # 10.x and 11.x
+        return cls(
+            major=int(str(trt.__version__).split(".")[0]),
+            # 8.x: required for ONNX; 10.x: present but ignored (deprecated); 11.x: removed
+            explicit_batch=getattr(flags, "EXPLICIT_BATCH", None) if strongly is None else None,
+            strongly_typed=strongly if precision_flags else None,
+            always_strongly_typed=not precision_flags,
+            implicit_int8=hasattr(trt, "IInt8EntropyCalibrator2") and hasattr(trt.IBuilderConfig, "int8_calibrator"),
+            progress_monitor=hasattr(trt, "IProgressMonitor") and hasattr(trt.IBuilderConfig, "progress_monitor"),
+            named_parser_errors=hasattr(trt.ParserError, "node_name"),
+        )
+
+
+class _Logger:
+    """Forwards TensorRT's messages to :mod:`logging` and keeps the errors for exception messages."""
+
+    def __init__(self, trt: ModuleType) -> None:
+        sev = trt.ILogger.Severity
+        self._levels = {sev.INTERNAL_ERROR: logging.ERROR, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
+                        sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG}
+        self.errors: list[str] = []
+
+        class Logger(trt.ILogger):
+            def __init__(inner) -> None:  # noqa: N805 - nested pybind11 subclass
+                trt.ILogger.__init__(inner)
+
+            def log(inner, severity: Any, msg: str) -> None:  # noqa: N805
+                level = self._levels.get(severity, logging.INFO)
+                if level >= logging.ERROR:
+                    self.errors.append(msg)
+                log.log(level, "TensorRT: %s", msg)
+
+        self.trt_logger = Logger()
+
+    def last_errors(self, default: str) -> str:
+        return "; ".join(self.errors[-3:]) or default
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def l4t_release(path: Path | None = None) -> str | None:
+    """The L4T release of a Jetson ("R36.4.0") from ``/etc/nv_tegra_release``, or None elsewhere."""
+    path = path or NV_TEGRA_RELEASE
+    try:
+        first = path.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
+    return f"R{m.group(1)}.{m.group(2)}" if m else first.strip("# ").strip()
+
+
+def machine_fingerprint(trt: ModuleType) -> dict[str, Any]:
+    """TensorRT version, GPU, CUDA and L4T of this machine (what an engine is bound to)."""
+    info = cu.device_info(0)
+    return {"tensorrt": _numeric_version(trt.__version__), "gpu": info.name, "compute_capability": info.compute_capability,
+            "cuda": info.cuda_version, "driver": info.driver_version, "l4t": l4t_release()}
+
+
+def check_fingerprint(recorded: dict[str, Any], here: dict[str, Any], *, artifact: Path) -> None:
+    """Explain why an engine cannot run here, before TensorRT's bare version-tag assertion would."""
+    rebuild = f"rebuild it on this machine with `edgeres build MODEL.onnx --backend tensorrt` ({artifact})"
+    built, now = recorded.get("tensorrt"), here["tensorrt"]
+    if built and built != now:
+        same_major = str(built).split(".")[0] == str(now).split(".")[0]
+        if not (recorded.get("version_compatible") and same_major):
+            raise BackendError(f"engine {artifact.name} was built by TensorRT {built} but {now} is installed; {rebuild}")
+    if recorded.get("compute_capability") and recorded["compute_capability"] != here["compute_capability"]:
+        raise BackendError(f"engine {artifact.name} was built for a GPU of compute capability "
+                           f"{recorded['compute_capability']} ({recorded.get('gpu')}) but this GPU is "
+                           f"{here['gpu']} ({here['compute_capability']}); {rebuild}")
+    if recorded.get("gpu") and recorded["gpu"] != here["gpu"]:
+        log.warning("engine %s was built on %s and runs on %s (same compute capability): it works, but its "
+                    "tactics were timed on the other GPU", artifact.name, recorded["gpu"], here["gpu"])
+    if recorded.get("l4t") != here.get("l4t") and recorded.get("l4t") and here.get("l4t"):
+        log.warning("engine %s was built on L4T %s, this Jetson runs %s", artifact.name, recorded["l4t"], here["l4t"])
+
+
+# ---------------------------------------------------------------- builder
+
+
+def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: ModelCard, source_onnx_sha256: str,
+                 profile: BatchProfile = BatchProfile(), int8_mode: str = "explicit",
+                 calibration_cache: Path | None = None, workspace_mb: int | None = None,
+                 timing_cache: Path | None = None, opt_level: int | None = None, dla_core: int | None = None,
+                 version_compatible: bool = False, progress: bool = True) -> Sidecar:
+    """Build a TensorRT engine from ONNX and write it with its sidecar, atomically.
+
+    Args:
+        onnx_path: the FP32 ONNX, or for ``int8_mode="explicit"`` the Q/DQ ONNX from :mod:`edgeres.quantize`.
+        out: the engine file to write (its sidecar goes to ``<out>.json``).
+        precision: fp32; fp16 (a precision flag on 8.x/10.x, an FP16-typed ONNX on 11.x); int8.
+        card: the model card the sidecar carries.
+        source_onnx_sha256: hash of the FP32 ONNX the artifact descends from.
+        profile: batch sizes (min/opt/max) of the optimization profile.
+        int8_mode: "explicit" (Q/DQ ONNX, every version) or "implicit" (calibration cache; 8.5-10.x only).
+        calibration_cache: the cache written by ``calibration.trt_cache.write`` (implicit mode).
+        workspace_mb: builder workspace limit; default: TensorRT's, or half the available memory on a Jetson.
+        timing_cache: a timing cache file, read when present and written back after the build.
+        opt_level: builder optimization level (0-5; TensorRT's default 3).
+        dla_core: build for this DLA core (Jetson AGX Orin: 0 or 1), GPU fallback for unsupported layers.
+        version_compatible: build an engine later TensorRT versions of the same major can run.
+        progress: show build progress on stderr.
+
+    Returns:
+        The sidecar written beside the engine.
+
+    Raises:
+        BackendUnavailable: no TensorRT, pycuda or CUDA device.
+        InputError: an option this TensorRT or GPU cannot honour (implicit INT8 on 11.x, DLA without DLA cores).
+        ModelError: the ONNX cannot be parsed (each parser error listed) or is not the form the precision needs.
+        BackendError: TensorRT failed to build (its errors quoted).
+    """
+    precision = Precision(precision)
+    onnx_path, out = Path(onnx_path), Path(out)
+    if not onnx_path.is_file():
+        raise InputError(f"ONNX file {onnx_path} not found; export one with `edgeres export`")
+    if int8_mode not in _INT8_MODES:
+        raise InputError(f"--int8-mode must be one of {', '.join(_INT8_MODES)}, got {int8_mode!r}")
+    ok, why = is_available()
+    if not ok:
+        raise BackendUnavailable(f"cannot build a TensorRT engine here: {why}; use --backend onnxruntime")
+    trt = _trt()
+    feat = Features.detect(trt)
+    fingerprint = machine_fingerprint(trt)
+    with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
+        src = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp))
+        logger = _Logger(trt)
+        builder = trt.Builder(logger.trt_logger)
+        network = _parse(trt, builder, src, feat, logger)
+        config = builder.create_builder_config()
+        flags = _configure(trt, builder, network, config, feat, precision=precision, int8_mode=int8_mode,
+                           calibration_cache=calibration_cache, profile=profile, workspace_mb=workspace_mb,
+                           opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
+                           integrated=_is_integrated())
+        cache = _load_timing_cache(config, timing_cache)
+        serialized = _run_build(trt, builder, network, config, feat, logger, progress=progress, name=out.name)
+        with atomic_path(out) as tmp_engine:
+            tmp_engine.write_bytes(bytes(serialized))
+        if cache is not None and timing_cache is not None:
+            write_bytes_atomic(timing_cache, bytes(cache.serialize()))
+        layers = _layer_summary(trt, serialized, logger)
+        built_from = sha256_file(src)
+    fingerprint.update(flags=flags["builder"], network_flags=flags["network"], profile=_profile_dict(profile),
+                       version_compatible=version_compatible, dla_core=dla_core,
+                       sources={"onnx_sha256": source_onnx_sha256, "network_onnx_sha256": built_from})
+    int8: dict[str, Any] = {}
+    if precision is Precision.INT8:
+        int8 = {"mode": int8_mode, "strongly_typed": flags["strongly_typed"]}
+        if calibration_cache is not None and int8_mode == "implicit":
+            int8.update(cache=Path(calibration_cache).name, cache_sha256=sha256_file(calibration_cache),
+                        cache_header=flags["calibrator"].header if flags["calibrator"] else None)
+    sidecar = Sidecar(
+        backend="tensorrt", precision=precision.value, card=card, artifact_file=out.name,
+        artifact_sha256=sha256_file(out), source_onnx_sha256=source_onnx_sha256, backend_version=_numeric_version(trt.__version__),
+        profile=_profile_dict(profile), int8=int8, fingerprint=fingerprint,
+        options={"workspace_mb": workspace_mb, "timing_cache": str(timing_cache) if timing_cache else None,
+                 "opt_level": opt_level, "dla_core": dla_core, "version_compatible": version_compatible,
+                 "int8_mode": int8_mode if precision is Precision.INT8 else None, "layer_precisions": layers},
+    )
+    write_sidecar(out, sidecar)
+    log.info("built %s (TensorRT %s, %s, batch %s, layers %s)", out, trt.__version__, precision.value, profile, layers)
+    return sidecar
+
+
+def _profile_dict(profile: BatchProfile) -> dict[str, int]:
+    return {"min": profile.min, "opt": profile.opt, "max": profile.max}
+
+
+def _is_integrated() -> bool:
+    try:
+        return cu.device_info(0).integrated
+    except BackendUnavailable:
+        return False
+
+
+def _onnx_ops(path: Path) -> set[str]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelError(f"{path} is not a readable ONNX file ({exc})") from exc
+    return {node.op_type for node in model.graph.node}
+
+
+def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat: Features, tmp: Path) -> Path:
+    """The ONNX TensorRT parses: the given one, or (fp16 on 11.x) an FP16-typed copy."""
+    has_qdq = "QuantizeLinear" in _onnx_ops(onnx_path)
+    if precision is Precision.INT8 and int8_mode == "explicit" and not has_qdq:
+        raise ModelError(f"{onnx_path} has no QuantizeLinear/DequantizeLinear nodes, so it cannot make an explicit "
+                         f"INT8 engine; quantize it first (`edgeres quantize`) or use --int8-mode implicit")
+    if precision is Precision.INT8 and int8_mode == "implicit":
+        if not feat.implicit_int8:
+            raise InputError(f"--int8-mode implicit (calibration cache) was removed in TensorRT 11; TensorRT "
+                             f"{feat.era} builds INT8 from a Q/DQ ONNX only: use --int8-mode explicit")
+        if has_qdq:
+            raise ModelError(f"{onnx_path} is already a Q/DQ ONNX; --int8-mode implicit needs the FP32 ONNX")
+    if precision is Precision.FP16 and feat.always_strongly_typed:
+        # 11.x: no FP16 flag; the network's types decide, so feed an FP16-typed ONNX (FP32 I/O)
+        from edgeres.quantize import to_fp16
+
+        return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx"))
+    return onnx_path
+
+
+def _parse(trt: ModuleType, builder: Any, src: Path, feat: Features, logger: _Logger) -> Any:
+    flags = 0
+    if feat.explicit_batch is not None:  # 8.x: ONNX needs an explicit-batch network
+        flags |= 1 << int(feat.explicit_batch)
+    if feat.strongly_typed is not None and _wants_strong_types(src):  # 10.x: Q/DQ networks built strongly typed
+        flags |= 1 << int(feat.strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger.trt_logger)
+    if not parser.parse(src.read_bytes(), str(src)):
+        raise ModelError(f"TensorRT cannot parse {src.name}: " + "; ".join(_parser_errors(parser, src, feat)))
+    # keep the parser alive as long as the network: its weights live in the parser on older versions
+    network_holder = _NetworkHolder(network, parser, flags)
+    return network_holder
+
+
+@dataclass
+class _NetworkHolder:
+    network: Any
+    parser: Any
+    flags: int
+
+
+def _wants_strong_types(src: Path) -> bool:
+    return "QuantizeLinear" in _onnx_ops(src)
+
+
+def _parser_errors(parser: Any, src: Path, feat: Features) -> list[str]:
+    """One line per parser error: node, operator and message."""
+    import onnx
+
+    nodes = onnx.load(str(src), load_external_data=False).graph.node
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        index = err.node()
+        if feat.named_parser_errors:  # 10.x+: the parser names the node and operator itself
+            name, op = err.node_name(), err.node_operator()
+        else:  # 8.x: only the node index; look it up in the ONNX
+            node = nodes[index] if 0 <= index < len(nodes) else None
+            name, op = (node.name, node.op_type) if node is not None else ("", "")
+        where = f"node {index} {name!r} ({op})" if index >= 0 else "model"
+        lines.append(f"{where}: {err.desc()}")
+    return lines or ["no error reported by the parser"]
+
+
+def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, feat: Features, *,
+               precision: Precision, int8_mode: str, calibration_cache: Path | None, profile: BatchProfile,
+               workspace_mb: int | None, opt_level: int | None, dla_core: int | None, version_compatible: bool,
+               integrated: bool) -> dict[str, Any]:
+    network = net.network
+    calibrator = None
+    strongly = feat.always_strongly_typed or bool(feat.strongly_typed is not None and net.flags
+                                                  & (1 << int(feat.strongly_typed)))
+    _add_profile(builder, network, config, profile)
+    if not strongly:  # 8.5-10.x weakly typed networks: precision comes from flags
+        if precision is Precision.FP16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif precision is Precision.INT8:
+            config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ on 8.x needs it too
+            config.set_flag(trt.BuilderFlag.FP16)  # layers without INT8 kernels/scales fall back to FP16
+            if int8_mode == "implicit":
+                calibrator = _attach_calibrator(trt, config, calibration_cache)
+    if workspace_mb is None and integrated:
+        workspace_mb = _jetson_workspace_mb()
+    if workspace_mb is not None:
+        if workspace_mb <= 0:
+            raise InputError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if opt_level is not None:
+        if not 0 <= opt_level <= 5:
+            raise InputError(f"--opt-level must be 0..5, got {opt_level}")
+        config.builder_optimization_level = int(opt_level)
+    if dla_core is not None:
+        _use_dla(trt, builder, config, dla_core, precision)
+    if version_compatible:
+        if not hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):  # 8.6+
+            raise InputError(f"--version-compatible needs TensorRT 8.6 or newer (installed: {trt.__version__})")
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the engine inspector
+    builder_flags = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
+    network_flags = sorted(name for name, flag in trt.NetworkDefinitionCreationFlag.__members__.items()
+                           if net.flags & (1 << int(flag)))
+    # the caller keeps the calibrator alive through the build: TensorRT holds only a raw pointer to it
+    return {"builder": builder_flags, "network": network_flags, "strongly_typed": strongly, "calibrator": calibrator}
+
+
+def _add_profile(builder: Any, network: Any, config: Any, profile: BatchProfile) -> None:
+    opt_profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape[1:]):
+            raise ModelError(f"input {tensor.name!r} has dynamic dimensions {shape} besides the batch axis; export "
+                             f"the model with a fixed image size")
+        rest = shape[1:]
+        if shape[0] >= 0 and not profile.min == profile.max == shape[0]:
+            raise InputError(f"input {tensor.name!r} has a fixed batch of {shape[0]} but --batch asks for "
+                             f"{profile}; export with a dynamic batch axis or use --batch {shape[0]}")
+        opt_profile.set_shape(tensor.name, (profile.min, *rest), (profile.opt, *rest), (profile.max, *rest))
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise BackendError(f"TensorRT rejected the optimization profile {profile}")
+
+
+def _jetson_workspace_mb() -> int | None:
+    """Half the memory available now: a Jetson's GPU shares it with the CPU."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return max(64, int(int(line.split()[1]) / 1024 * JETSON_WORKSPACE_SHARE))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _use_dla(trt: ModuleType, builder: Any, config: Any, dla_core: int, precision: Precision) -> None:
+    cores = int(builder.num_DLA_cores)
+    if not 0 <= dla_core < max(cores, 1) or cores == 0:
+        raise InputError(f"--dla-core {dla_core}: this device has {cores} DLA core(s) (Jetson AGX Orin has 2, "
+                         f"Orin Nano and Thor none); drop --dla-core")
+    if precision is Precision.FP32:
+        raise InputError("DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(dla_core)
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
+
+
+def _attach_calibrator(trt: ModuleType, config: Any, calibration_cache: Path | None) -> Any:
+    """8.5-10.x implicit INT8: a calibrator that serves a cache computed elsewhere (no data on the device)."""
+    from calibration import trt_cache
+
+    if calibration_cache is None:
+        raise InputError("--int8-mode implicit needs a calibration cache (from `edgeres calibrate`)")
+    header, _ = trt_cache.read(calibration_cache)
+    data = Path(calibration_cache).read_bytes()
+    base = trt.IInt8MinMaxCalibrator if "MinMax" in header else trt.IInt8EntropyCalibrator2
+
+    class CacheCalibrator(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.header = header
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            return None  # no data here: everything comes from the cache
+
+        def read_calibration_cache(self) -> bytes:
+            return data
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            return None
+
+    expected = trt_cache.version_number(_numeric_version(trt.__version__))
+    if trt_cache.parse_header(header).number != expected:
+        raise InputError(f"calibration cache {calibration_cache} is for {header}, but TensorRT {trt.__version__} "
+                         f"reads only TRT-{expected}-...: it would silently ignore it; rewrite the cache with "
+                         f"--trt-version {trt.__version__}")
+    calibrator = CacheCalibrator()
+    config.int8_calibrator = calibrator
+    return calibrator
+
+
+def _load_timing_cache(config: Any, path: Path | None) -> Any:
+    if path is None:
+        return None
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, False):
+        log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", path)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, True)
+    return cache
+
+
+def _run_build(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, feat: Features, logger: _Logger,
+               *, progress: bool, name: str) -> Any:
+    from edgeres.progress import Progress
+
+    bar = Progress(None, f"build {name}", unit="step", quiet=not progress)
+    monitor = None
+    stop = threading.Event()
+    if feat.progress_monitor:  # 10.x+: TensorRT reports its phases
+        monitor = _progress_monitor(trt, bar)
+        config.progress_monitor = monitor
+    else:  # 8.x: a spinner while the build blocks
+        threading.Thread(target=_spin, args=(bar, stop), daemon=True).start()
+    try:
+        serialized = builder.build_serialized_network(net.network, config)
+    finally:
+        stop.set()
+        bar.close()
+    if serialized is None:
+        raise BackendError(f"TensorRT failed to build {name}: {logger.last_errors('no error message')}")
+    return serialized
+
+
+def _spin(bar: Any, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        bar.update(0)
+
+
+def _progress_monitor(trt: ModuleType, bar: Any) -> Any:
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            bar.update(0, phase=phase_name)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            bar.update(1, phase=phase_name)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            bar.update(0)
+
+    return Monitor()
+
+
+def _layer_summary(trt: ModuleType, serialized: Any, logger: _Logger) -> dict[str, int]:
+    """Count the engine's layers by output precision (Int8/Half/Float) from the engine inspector."""
+    try:
+        runtime = trt.Runtime(logger.trt_logger)
+        engine = runtime.deserialize_cuda_engine(bytes(serialized))
+        if engine is None:
+            return {}
+        info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        log.debug("no layer information: %s", exc)
+        return {}
+    counts: Counter[str] = Counter()
+    for layer in info.get("Layers", []):
+        if isinstance(layer, dict):
+            outputs = layer.get("Outputs") or [{}]
+            counts[str(outputs[0].get("Format/Datatype", "?")).split(" ")[0]] += 1
+    return dict(sorted(counts.items()))
+
+
+# ---------------------------------------------------------------- runtime
+
+
+class TensorRTRunner:
+    """A TensorRT engine ready to run batches (a context manager); see :class:`edgeres.backends.base.Runner`.
+
+    The CUDA context is created explicitly on open and pushed/popped around each call, so the runner may be used
+    from a thread other than the one that opened it (one call at a time).
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, artifact: Path, *, cuda_graph: bool = False) -> None:
+        self.artifact = Path(artifact)
+        sidecar = read_sidecar_for(self.artifact)
+        self.card = sidecar.card
+        self.precision = sidecar.precision
+        self.profile = BatchProfile(**sidecar.profile)
+        self.last_stage_times: StageTimes | None = None
+        if cuda_graph:
+            raise BackendUnavailable("--cuda-graph is not supported by edgeres's TensorRT runner yet; run without it")
+        trt = _trt()
+        ok, why = is_available()
+        if not ok:
+            raise BackendUnavailable(f"cannot run TensorRT engine {self.artifact}: {why}")
+        check_fingerprint(sidecar.fingerprint, machine_fingerprint(trt), artifact=self.artifact)
+        self._trt = trt
+        self._logger = _Logger(trt)
+        self._ctx = cu.CudaContext(0)
+        self._lock = threading.Lock()
+        self._buffers: dict[str, cu.Buffer] = {}
+        try:
+            with self._ctx.active() as cuda:
+                self._open(cuda, sidecar)
+        except BaseException:
+            self._ctx.close()
+            raise
+
+    def _open(self, cuda: ModuleType, sidecar: Sidecar) -> None:
+        trt = self._trt
+        self._runtime = trt.Runtime(self._logger.trt_logger)
+        if sidecar.fingerprint.get("version_compatible"):
+            self._runtime.engine_host_code_allowed = True  # version-compatible engines embed a lean runtime
+        self._engine = self._runtime.deserialize_cuda_engine(self.artifact.read_bytes())
+        if self._engine is None:
+            raise BackendError(f"TensorRT cannot load {self.artifact}: {self._logger.last_errors('unknown error')}; "
+                               f"rebuild it here with `edgeres build MODEL.onnx --backend tensorrt`")
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or not outputs:
+            raise ModelError(f"{self.artifact} has inputs {inputs} and outputs {outputs}; edgeres runs one-input "
+                             f"classifiers")
+        self._input = inputs[0]
+        self._output = self.card.output_name if self.card.output_name in outputs else outputs[0]
+        max_batch = self.profile.max
+        profile_max = self._engine.get_tensor_profile_shape(self._input, 0)
+        if profile_max:
+            max_batch = int(tuple(profile_max[2])[0])
+        self._max_batch = max_batch
+        for name in (self._input, *outputs):
+            shape = tuple(self._engine.get_tensor_shape(name))
+            shape = (max_batch, *shape[1:]) if shape[0] < 0 else shape
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
+            self._buffers[name] = cu.Buffer(cuda, shape, dtype)
+            self._context.set_tensor_address(name, self._buffers[name].ptr)
+        self._stream = cuda.Stream()
+        self._events = cu.StageEvents(cuda)
+
+    def __enter__(self) -> TensorRTRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run ``batch`` (N, *input shape) through the engine; N above the profile's max is split into chunks."""
+        batch = np.asarray(batch)
+        expected = tuple(self._buffers[self._input].host.shape[1:])
+        if batch.ndim != len(expected) + 1 or tuple(batch.shape[1:]) != expected:
+            raise InputError(f"batch shape {batch.shape} does not match the engine input (N, {', '.join(map(str, expected))})")
+        if batch.shape[0] == 0:
+            raise InputError("empty batch: give at least one image")
+        if batch.shape[0] < self.profile.min:
+            raise InputError(f"batch of {batch.shape[0]} is below the engine's minimum {self.profile.min}; rebuild "
+                             f"with --batch 1:{self.profile.opt}:{self.profile.max}")
+        results, times = [], []
+        for start in range(0, batch.shape[0], self._max_batch):
+            out, stage = self._run_chunk(batch[start:start + self._max_batch])
+            results.append(out)
+            times.append(stage)
+        self.last_stage_times = StageTimes(
+            compute_ms=sum(t.compute_ms for t in times), h2d_ms=sum(t.h2d_ms or 0.0 for t in times),
+            d2h_ms=sum(t.d2h_ms or 0.0 for t in times), total_ms=sum(t.total_ms for t in times))
+        return results[0] if len(results) == 1 else np.concatenate(results)
+
+    def _run_chunk(self, chunk: np.ndarray) -> tuple[np.ndarray, StageTimes]:
+        n = chunk.shape[0]
+        t0 = time.perf_counter()
+        with self._lock, self._ctx.active() as cuda:
+            inp, out = self._buffers[self._input], self._buffers[self._output]
+            if not self._context.set_input_shape(self._input, (n, *inp.host.shape[1:])):
+                raise BackendError(f"TensorRT refused batch {n} for {self._input} (profile {self.profile}): "
+                                   f"{self._logger.last_errors('shape outside the profile')}")
+            ev = self._events
+            ev.record(0, self._stream)
+            cu.copy_batch_in(cuda, inp, chunk.astype(inp.host.dtype, copy=False), self._stream)
+            ev.record(1, self._stream)
+            if not self._context.execute_async_v3(self._stream.handle):
+                raise BackendError(f"TensorRT could not enqueue {self.artifact.name}: "
+                                   f"{self._logger.last_errors('execute_async_v3 returned False')}")
+            ev.record(2, self._stream)
+            cu.copy_batch_out(cuda, out, n, self._stream)
+            ev.record(3, self._stream)
+            self._stream.synchronize()
+            h2d, compute, d2h = ev.millis()
+            result = out.host[:n].astype(np.float32, copy=True)
+        total = (time.perf_counter() - t0) * 1000.0
+        return result, StageTimes(compute_ms=compute, h2d_ms=h2d, d2h_ms=d2h, total_ms=total)
+
+    def close(self) -> None:
+        """Free device memory and release the CUDA context (idempotent)."""
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None:
+            return
+        try:
+            with self._lock, ctx.active():
+                for buf in self._buffers.values():
+                    buf.free()
+                self._buffers.clear()
+                for attr in ("_context", "_engine", "_runtime", "_stream", "_events"):
+                    self.__dict__.pop(attr, None)  # TensorRT objects die while the context is current
+        except BackendError:
+            pass
+        finally:
+            ctx.close()
+            self._ctx = None

@@ -1,0 +1,372 @@
+"""The TensorRT builder and pycuda runtime, run end to end on the CPU against the test double of each real API
+surface (TensorRT 8.6.1, 10.13.3, 11.4.0): build fp32/fp16/int8 (explicit and implicit), serialize, open, infer
+in batches incl. a partial one, stage times; and what must differ between the versions."""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from trt_double import VERSIONS, FakeDevice, FakeGpu, install, version_int
+
+from edgeres.backends import tensorrt as trt_backend
+from edgeres.backends.base import BatchProfile, Precision, read_sidecar_for
+from edgeres.card import ModelCard, Preprocess
+from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
+from edgeres.io import sha256_file
+
+PROFILE = BatchProfile(1, 4, 8)
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)) + y)  # a residual Add, as in a ResNet block
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.fixture(scope="module")
+def card() -> ModelCard:
+    return ModelCard(arch="tiny", class_names=[str(i) for i in range(10)], preprocess=Preprocess.small(size=16))
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def qdq_onnx(fp32_onnx: Path) -> Path:
+    from edgeres.quantize import quantize_model, tensors_to_observe
+
+    model = onnx.load(str(fp32_onnx))
+    amax = {name: 4.0 for name in tensors_to_observe(model)}
+    qmodel = quantize_model(model, amax)
+    path = fp32_onnx.with_name("tiny.qdq.onnx")
+    onnx.save(qmodel, str(path))
+    return path
+
+
+@pytest.fixture(params=VERSIONS)
+def double(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    return install(monkeypatch, request.param)
+
+
+def _images(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
+
+
+def _reference(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": batch})[0]
+
+
+def _engine_header(path: Path) -> dict:
+    """What the double's serialized engine says about how it was built."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<I", data[8:12])
+    return json.loads(data[12:12 + n])
+
+
+def _build(src: Path, tmp_path: Path, card: ModelCard, precision: Precision, **kw):
+    out = tmp_path / f"m.{precision.value}.engine"
+    sidecar = trt_backend.build_engine(src, out=out, precision=precision, card=card,
+                                       source_onnx_sha256=sha256_file(src), profile=PROFILE, progress=False, **kw)
+    return out, sidecar
+
+
+def _cache(tmp_path: Path, fp32_onnx: Path, trt_version: str, algorithm: str = "EntropyCalibration2") -> Path:
+    from calibration import trt_cache
+    from edgeres.quantize import tensors_to_observe
+
+    amax = {name: 2.0 + i / 10 for i, name in enumerate(tensors_to_observe(onnx.load(str(fp32_onnx))))}
+    amax.setdefault("input", 3.0)
+    path = tmp_path / "calib.cache"
+    trt_cache.write(path, amax, trt_version=trt_version, algorithm=algorithm)
+    return path
+
+
+def _run_batches(out: Path, double) -> tuple[list[np.ndarray], list]:
+    results, times = [], []
+    with trt_backend.TensorRTRunner(out) as runner:
+        for n in (8, 3, 1):  # full, partial, smallest
+            results.append(runner.infer(_images(n, seed=n)))
+            times.append(runner.last_stage_times)
+    return results, times
+
+
+def test_build_fp32_and_infer_in_batches(double, fp32_onnx: Path, tmp_path: Path, card: ModelCard) -> None:
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    assert out.is_file() and read_sidecar_for(out).artifact_sha256 == sha256_file(out)
+    fp = sidecar.fingerprint
+    assert fp["tensorrt"] == trt_backend.trt_version() == double.trt.__version__.removesuffix(".post1") and fp["compute_capability"] == "8.7"
+    assert fp["gpu"] == FakeDevice().name and fp["cuda"] == "12.2" and fp["profile"] == {"min": 1, "opt": 4, "max": 8}
+    assert sidecar.backend == "tensorrt" and sidecar.backend_version == fp["tensorrt"]
+    results, times = _run_batches(out, double)
+    for n, got in zip((8, 3, 1), results):
+        np.testing.assert_allclose(got, _reference(fp32_onnx, _images(n, seed=n)), rtol=1e-4, atol=1e-5)
+    for t in times:
+        assert t is not None and t.h2d_ms is not None and t.d2h_ms is not None and t.compute_ms >= 0
+        assert t.total_ms >= t.compute_ms
+    ops = [entry for entry in double.gpu.log]
+    assert [o[0] for o in ops[:3]] == ["htod", "execute", "dtoh"]
+    assert all(o[2] for o in ops if o[0] in ("htod", "dtoh")), "async copies must use page-locked host memory"
+    assert [o[1]["input"] for o in ops if o[0] == "execute"] == [8, 3, 1]
+    assert not double.gpu.memory, "device memory freed on close"
+    assert all(not c.alive for c in double.gpu.contexts) and not double.gpu.stack()
+    # what must differ: 8.x sets EXPLICIT_BATCH; 10.x ignores it and 11.x lacks it
+    assert fp["network_flags"] == (["EXPLICIT_BATCH"] if double.version == "8.6.1" else [])
+
+
+def test_batches_larger_than_the_profile_are_split(double, fp32_onnx: Path, tmp_path: Path, card) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    with trt_backend.TensorRTRunner(out) as runner:
+        got = runner.infer(_images(19))
+    np.testing.assert_allclose(got, _reference(fp32_onnx, _images(19)), rtol=1e-4, atol=1e-5)
+    assert [o[1]["input"] for o in double.gpu.log if o[0] == "execute"] == [8, 8, 3]
+
+
+def test_fp16(double, fp32_onnx: Path, tmp_path: Path, card) -> None:
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP16)
+    header = _engine_header(out)
+    if double.version == "11.4.0":
+        # 11.x: no precision flags exist; the network itself is FP16 (from edgeres.quantize.to_fp16)
+        assert not set(header["builder_flags"]) & {"FP16", "INT8"}
+        assert header["strongly_typed"] and sidecar.options["layer_precisions"] == {"Half": header["layers"].__len__()}
+        assert sidecar.fingerprint["sources"]["network_onnx_sha256"] != sha256_file(fp32_onnx)
+    else:
+        assert "FP16" in header["builder_flags"] and "INT8" not in header["builder_flags"]
+        assert sidecar.fingerprint["sources"]["network_onnx_sha256"] == sha256_file(fp32_onnx)
+    with trt_backend.TensorRTRunner(out) as runner:
+        got = runner.infer(_images(5))
+    np.testing.assert_allclose(got, _reference(fp32_onnx, _images(5)), rtol=2e-2, atol=2e-2)
+
+
+def test_int8_explicit_qdq(double, qdq_onnx: Path, tmp_path: Path, card) -> None:
+    out, sidecar = _build(qdq_onnx, tmp_path, card, Precision.INT8)
+    header = _engine_header(out)
+    flags = set(header["builder_flags"])
+    if double.version == "8.6.1":  # 8.x: Q/DQ networks need the INT8 flag; explicit batch
+        assert "INT8" in flags and header["network_flags"] & 1
+        assert not header["strongly_typed"]
+    elif double.version == "10.13.3":  # 10.x: strongly typed, no precision flags
+        assert sidecar.fingerprint["network_flags"] == ["STRONGLY_TYPED"]
+        assert header["strongly_typed"] and not flags & {"FP16", "INT8"}
+    else:  # 11.x: always strongly typed; no flag to set
+        assert sidecar.fingerprint["network_flags"] == [] and not flags & {"FP16", "INT8"}
+    assert sidecar.int8["mode"] == "explicit" and header["int8_scales"] is None
+    assert sidecar.options["layer_precisions"].get("Int8", 0) > 0
+    results, times = _run_batches(out, double)
+    for n, got in zip((8, 3, 1), results):
+        np.testing.assert_allclose(got, _reference(qdq_onnx, _images(n, seed=n)), rtol=1e-4, atol=1e-4)
+    assert all(t.h2d_ms is not None for t in times)
+
+
+def test_int8_implicit_from_cache(double, fp32_onnx: Path, tmp_path: Path, card) -> None:
+    cache = _cache(tmp_path, fp32_onnx, trt_backend.trt_version())
+    if double.version == "11.4.0":
+        with pytest.raises(InputError, match="removed in TensorRT 11.*--int8-mode explicit"):
+            _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache)
+        assert not double.trt._d_messages  # refused before any TensorRT object was asked to build
+        return
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache)
+    header = _engine_header(out)
+    from calibration import trt_cache
+
+    _, scales = trt_cache.read(cache)
+    assert header["int8_scales"] == pytest.approx(scales), "TensorRT served the cache's scales, no data needed"
+    assert header["calibrator"] == "ENTROPY_CALIBRATION_2" and "INT8" in header["builder_flags"]
+    assert sidecar.int8["mode"] == "implicit"
+    assert sidecar.int8["cache_header"] == f"TRT-{version_int(double.trt.__version__)}-EntropyCalibration2"
+    results, _ = _run_batches(out, double)
+    np.testing.assert_allclose(results[1], _reference(fp32_onnx, _images(3, seed=3)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.13.3"])  # 11.x has no calibrators (see the test above)
+def test_int8_implicit_minmax_cache_picks_minmax_calibrator(version, monkeypatch, fp32_onnx, tmp_path, card) -> None:
+    install(monkeypatch, version)
+    cache = _cache(tmp_path, fp32_onnx, trt_backend.trt_version(), algorithm="MinMaxCalibration")
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache)
+    assert _engine_header(out)["calibrator"] == "MINMAX_CALIBRATION"
+
+
+def test_int8_implicit_cache_for_another_version_is_refused(double, fp32_onnx, tmp_path, card) -> None:
+    other = "10.3" if double.version == "8.6.1" else "8.6.1"
+    cache = _cache(tmp_path, fp32_onnx, other)
+    with pytest.raises(InputError, match="(silently ignore|removed in TensorRT 11)"):
+        _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache)
+
+
+def test_int8_explicit_needs_a_qdq_model(double, fp32_onnx, tmp_path, card) -> None:
+    with pytest.raises(ModelError, match="no QuantizeLinear"):
+        _build(fp32_onnx, tmp_path, card, Precision.INT8)
+
+
+def test_parse_errors_name_each_node_and_op(double, tmp_path, card) -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 16, 16])
+    nodes = [helper.make_node("Relu", ["input"], ["a"], name="ok_relu"),
+             helper.make_node("FancyOp", ["a"], ["b"], name="fancy_1", domain="com.example"),
+             helper.make_node("OtherOp", ["b"], ["logits"], name="other_2", domain="com.example")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError) as info:
+        _build(path, tmp_path, card, Precision.FP32)
+    msg = str(info.value)
+    assert "node 1 'fancy_1' (FancyOp)" in msg and "node 2 'other_2' (OtherOp)" in msg
+    assert "No importer registered for op: FancyOp" in msg
+    assert not (tmp_path / "m.fp32.engine").exists()
+
+
+def test_options_reach_the_builder(double, fp32_onnx, tmp_path, card) -> None:
+    cache_file = tmp_path / "timing.cache"
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32, workspace_mb=256, opt_level=5,
+                          timing_cache=cache_file, version_compatible=True)
+    header = _engine_header(out)
+    assert header["workspace"] == 256 << 20 and header["opt_level"] == 5
+    assert "VERSION_COMPATIBLE" in header["builder_flags"] and sidecar.fingerprint["version_compatible"]
+    first = cache_file.read_bytes()
+    assert first.startswith(b"FAKETC1:")
+    _build(fp32_onnx, tmp_path, card, Precision.FP32, timing_cache=cache_file)
+    assert int(cache_file.read_bytes().split(b":")[2]) > int(first.split(b":")[2]), "timing cache reused and grown"
+    with pytest.raises(InputError, match="--opt-level"):
+        _build(fp32_onnx, tmp_path, card, Precision.FP32, opt_level=9)
+
+
+def test_dla_core(monkeypatch, fp32_onnx, tmp_path, card) -> None:
+    for version in VERSIONS:
+        double = install(monkeypatch, version, dla_cores=2)
+        out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP16, dla_core=1)
+        header = _engine_header(out)
+        assert header["dla_core"] == 1 and "GPU_FALLBACK" in header["builder_flags"], version
+        assert sidecar.fingerprint["dla_core"] == 1
+        install(monkeypatch, version, dla_cores=0)
+        with pytest.raises(InputError, match="0 DLA core"):
+            _build(fp32_onnx, tmp_path, card, Precision.FP16, dla_core=0)
+        del double
+
+
+def test_runner_from_another_thread(double, fp32_onnx, tmp_path, card) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    runner = trt_backend.TensorRTRunner(out)
+    assert not double.gpu.stack(), "no context left bound to the opening thread"
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["out"] = runner.infer(_images(2))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["err"] = exc
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    runner.close()
+    runner.close()  # idempotent
+    assert "err" not in result, result.get("err")
+    np.testing.assert_allclose(result["out"], _reference(fp32_onnx, _images(2)), rtol=1e-4, atol=1e-5)
+
+
+def test_runner_rejects_bad_batches(double, fp32_onnx, tmp_path, card) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    with trt_backend.TensorRTRunner(out) as runner:
+        with pytest.raises(InputError, match="does not match the engine input"):
+            runner.infer(np.zeros((2, 3, 8, 8), np.float32))
+        with pytest.raises(InputError, match="empty batch"):
+            runner.infer(np.zeros((0, 3, 16, 16), np.float32))
+
+
+def test_fingerprint_mismatch_is_explained_before_deserializing(double, fp32_onnx, tmp_path, card) -> None:
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    gpu = FakeGpu(devices=[FakeDevice(name="NVIDIA GeForce RTX 4090", compute_capability=(8, 9), integrated=False)])
+    install(double_monkeypatch := pytest.MonkeyPatch(), double.version, gpu=gpu)
+    try:
+        with pytest.raises(BackendError, match=r"compute capability 8\.7 .*RTX 4090 \(8\.9\)"):
+            trt_backend.TensorRTRunner(out)
+    finally:
+        double_monkeypatch.undo()
+    other = {"8.6.1": "10.13.3", "10.13.3": "11.4.0", "11.4.0": "8.6.1"}[double.version]
+    mp = pytest.MonkeyPatch()
+    try:
+        install(mp, other)
+        with pytest.raises(BackendError, match=f"built by TensorRT {sidecar.backend_version}"):
+            trt_backend.TensorRTRunner(out)
+    finally:
+        mp.undo()
+
+
+def test_engine_from_another_version_fails_clearly_even_without_fingerprint(double, fp32_onnx, tmp_path,
+                                                                          card) -> None:
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    from edgeres.backends.base import write_sidecar
+
+    sidecar.fingerprint = {}
+    write_sidecar(out, sidecar)
+    other = "11.4.0" if double.version != "11.4.0" else "10.13.3"
+    mp = pytest.MonkeyPatch()
+    try:
+        install(mp, other)
+        with pytest.raises(BackendError, match="Version tag does not match"):
+            trt_backend.TensorRTRunner(out)
+    finally:
+        mp.undo()
+
+
+def test_l4t_release_is_recorded(double, fp32_onnx, tmp_path, card, monkeypatch) -> None:
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
+    monkeypatch.setattr(trt_backend, "NV_TEGRA_RELEASE", release)
+    _, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    assert sidecar.fingerprint["l4t"] == "R36.4.0"
+
+
+def test_without_gpu_or_tensorrt_nothing_is_created(monkeypatch, fp32_onnx, tmp_path, card) -> None:
+    double = install(monkeypatch, "10.13.3", gpu=FakeGpu(devices=[]))
+    ok, why = trt_backend.is_available()
+    assert not ok and "no CUDA device" in why
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    assert not double.trt._d_messages
+    install(monkeypatch, "10.13.3", with_tensorrt=False)
+    ok, why = trt_backend.is_available()
+    assert not ok and "TensorRT" in why
+    install(monkeypatch, "10.13.3", with_pycuda=False)
+    ok, why = trt_backend.is_available()
+    assert not ok and "pycuda" in why.lower() or "CUDA" in why
+    install(monkeypatch, "11.4.0")
+    ok, why = trt_backend.is_available()
+    assert ok and "TensorRT 11.4.0.106" in why
+
+
+def test_cuda_graph_option_is_refused_clearly(double, fp32_onnx, tmp_path, card) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    with pytest.raises(BackendUnavailable, match="cuda-graph"):
+        trt_backend.TensorRTRunner(out, cuda_graph=True)
+    assert not double.gpu.contexts, "refused before any CUDA context was made"
