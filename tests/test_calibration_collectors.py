@@ -162,3 +162,23 @@ def test_tiny_and_huge_values_stay_finite():
     amax = c.compute()
     assert 0.0 < amax["tiny"] < 1e-29 and c.histogram("tiny").counts.sum() == 3
     assert 1e38 < amax["huge"] < np.inf
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_observe_scratch_memory_is_bounded_and_state_does_not_grow(method):
+    import tracemalloc
+
+    x = np.random.default_rng(8).standard_normal(6_000_000).astype(np.float32)  # 24 MB
+    batches = [x, x * 3.0, x * 0.5]  # the second widens the histogram
+    c = make_collector(method)
+    tracemalloc.start()
+    try:
+        for batch in batches:
+            c.observe("t", batch)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16e6  # observe works in chunks of 2**20 values (~12 MB of scratch), never a copy of x
+    if method is not Method.MINMAX:
+        assert c.histogram("t").counts.size == 2048
+        assert c.histogram("t").counts.sum() == 3 * x.size
