@@ -1,0 +1,494 @@
+"""The regression gate: measure an artifact again and compare it with a stored baseline.
+
+Accuracy (top-1/top-5 on a labelled folder, and, given the FP32 reference model, MLPerf's rule that the artifact
+keeps at least 99 % of the reference's top-1) is deterministic, so it is compared directly. Latency is noisy, so
+it is measured in several trials that alternate between batch sizes; the baseline keeps every raw per-trial
+sample, and each latency statistic is judged by a seeded bootstrap interval of the ratio now / baseline:
+FAIL only when the whole interval lies beyond the tolerance, PASS only when it lies within, else INCONCLUSIVE.
+
+Exit codes (:attr:`CheckResult.exit_code`): 0 pass, 1 regression, 2 usage/input error, 3 inconclusive::
+
+    result = check("m.int8.onnx", baseline="baseline.json", data="digits/val", update_baseline=True)
+    result = check("m.int8.onnx", baseline="baseline.json")
+    print(edgeres.report.check_table(result)); sys.exit(result.exit_code)
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeres.backends.base import Runner
+from edgeres.bench import ArtifactInfo, describe_artifact, input_batch, parse_batches, split_by_profile, time_calls
+from edgeres.environment import Environment, collect
+from edgeres.errors import InputError
+from edgeres.io import sha256_file, write_json_atomic
+from edgeres.stats import Verdict, judge, pooled_statistic, ratio_ci
+
+log = logging.getLogger(__name__)
+
+BASELINE_FORMAT = 1
+_IDENTITY = (("artifact sha256", "sha256"), ("model sha256", "model_sha256"), ("backend", "backend"))
+_NOTED_ENV = ("backend_version", "threads", "power_mode", "clocks", "edgeres_version", "gpu_name")
+
+
+class GateInputError(InputError):
+    """A usage or input error of the gate: exit status 2, apart from regressions (1) and inconclusive (3)."""
+
+    exit_code = 2
+
+
+class BaselineMismatch(GateInputError):
+    """The baseline was recorded for another artifact, model, device or dataset."""
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How much worse than the baseline still passes."""
+
+    accuracy_pp: float = 0.5  # top-1/top-5 may drop at most this many percentage points
+    reference_ratio: float = 0.99  # top-1 must be >= this fraction of the FP32 reference's (MLPerf)
+    latency_median: float = 0.10  # median latency may grow at most 10 %
+    latency_p99: float = 0.10  # p99 latency may grow at most 10 %
+    confidence: float = 0.95  # coverage of the bootstrap interval
+
+    def __post_init__(self) -> None:
+        for name in ("accuracy_pp", "latency_median", "latency_p99"):
+            if getattr(self, name) < 0:
+                raise GateInputError(f"tolerance {name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.reference_ratio <= 1:
+            raise GateInputError(f"reference ratio must be in (0, 1], got {self.reference_ratio}")
+
+
+@dataclass
+class Row:
+    """One line of the verdict table."""
+
+    metric: str
+    baseline: float | None
+    now: float | None
+    unit: str  # "%" or "ms"
+    change_text: str
+    tolerance_text: str
+    verdict: Verdict
+    message: str = ""
+
+    def _fmt(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.2f}%" if self.unit == "%" else f"{value:.3f} ms"
+
+    @property
+    def baseline_text(self) -> str:
+        return self._fmt(self.baseline)
+
+    @property
+    def now_text(self) -> str:
+        return self._fmt(self.now)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "baseline": self.baseline, "now": self.now, "unit": self.unit,
+                "change": self.change_text, "tolerance": self.tolerance_text, "verdict": self.verdict.value,
+                "message": self.message}
+
+
+@dataclass
+class Baseline:
+    """What a baseline JSON holds: the artifact's identity, its environment and the raw measurements."""
+
+    artifact: ArtifactInfo
+    environment: Environment
+    accuracy: dict[str, Any] | None = None  # {"data": {...}, "top1", "top5", "reference": {...}, "agreement"}
+    latency: dict[str, Any] | None = None  # {"trials": {"1": [[ms, ...], ...]}, "settings": {...}}
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def device(self) -> str:
+        return self.environment.device
+
+    def latency_trials(self) -> dict[int, list[list[float]]]:
+        if not self.latency:
+            return {}
+        return {int(b): [list(map(float, t)) for t in trials] for b, trials in self.latency["trials"].items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": BASELINE_FORMAT, "kind": "edgeres.baseline", "created": self.created,
+                "artifact": self.artifact.to_dict(), "device": self.device,
+                "environment": self.environment.to_dict(), "accuracy": self.accuracy, "latency": self.latency}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Baseline:
+        if data.get("kind") != "edgeres.baseline":
+            raise GateInputError("not an edgeres baseline (no kind 'edgeres.baseline'); write one with "
+                                 "`edgeres check ARTIFACT --baseline FILE --update-baseline`")
+        try:
+            return cls(artifact=ArtifactInfo(**data["artifact"]), environment=Environment.from_dict(data["environment"]),
+                       accuracy=data.get("accuracy"), latency=data.get("latency"), created=data.get("created", ""))
+        except (KeyError, TypeError) as exc:
+            raise GateInputError(f"baseline is incomplete ({exc}); rewrite it with --update-baseline") from exc
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    """Read a baseline JSON.
+
+    Raises:
+        GateInputError: when the file is missing or is not a baseline.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GateInputError(f"baseline {path} not found; write it with `edgeres check ARTIFACT --baseline {path} "
+                             "--update-baseline`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GateInputError(f"cannot read baseline {path} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise GateInputError(f"baseline {path} is not a JSON object")
+    return Baseline.from_dict(data)
+
+
+# --- accuracy -------------------------------------------------------------------------------------------------
+
+def _accuracy_folder(data: str | Path) -> Path:
+    root = Path(data)
+    if not root.is_dir():
+        raise GateInputError(f"--data {root} is not a folder; pass a labelled folder <class>/<image>")
+    if (root / "val").is_dir() and (root / "train").is_dir():
+        log.info("%s has train/ and val/; checking accuracy on %s", root, root / "val")
+        root = root / "val"
+    return root
+
+
+def _digest(folder: Path) -> tuple[str, int]:
+    """A hash of the folder's image list (relative paths and sizes), and the image count."""
+    from edgeres.data import list_images
+
+    files = list_images(folder)
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}\n".encode())
+    return h.hexdigest(), len(files)
+
+
+def _accuracy_batch(runner: Runner) -> int:
+    p = runner.profile
+    return max(p.min, min(p.opt, p.max, 32))
+
+
+def evaluate(artifact: str | Path, data: str | Path, *, batch: int = 8, reference: str | Path | None = None,
+             reference_batch: int | None = None, threads: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (percent) of ``artifact`` on a labelled folder ``data/<class>/*`` (its ``val/`` when it
+    holds ``train/`` and ``val/``), via :func:`edgeres.infer.infer_folder`; with a reference model, also the
+    reference's top-1 and the top-1 agreement between the two.
+
+    Raises:
+        GateInputError: when no image is labelled with one of the model's classes.
+        DataError: when an image cannot be decoded.
+    """
+    from edgeres.infer import infer_folder
+
+    folder = _accuracy_folder(data)
+    digest, count = _digest(folder)
+    mine = infer_folder(artifact, folder, batch=batch, top_k=5, threads=threads, strict=True, quiet=quiet)
+    acc = mine.summary.get("accuracy")
+    if not acc or not acc.get("labelled"):
+        raise GateInputError(f"{folder}: no image sits in a folder named after one of the model's classes; pass a "
+                             "labelled folder <class>/<image> of the dataset the model was trained on")
+    k = min(5, len(mine.predictions[0].topk)) if mine.predictions else 1
+    result: dict[str, Any] = {
+        "data": {"root": str(folder.resolve()), "images": count, "labelled": acc["labelled"], "digest": digest},
+        "top1": 100.0 * acc["top1"], "top5": 100.0 * acc["top5"], "top_k": k, "reference": None, "agreement": None,
+    }
+    if reference is not None:
+        ref = infer_folder(reference, folder, batch=reference_batch or batch, top_k=1, threads=threads,
+                           strict=True, quiet=quiet)
+        ref_acc = ref.summary.get("accuracy") or {}
+        theirs = {p.path: p.topk[0][0] for p in ref.predictions}
+        same = [theirs.get(p.path) == p.topk[0][0] for p in mine.predictions]
+        result["reference"] = {"top1": 100.0 * ref_acc.get("top1", 0.0)}
+        result["agreement"] = 100.0 * sum(same) / max(1, len(same))
+    return result
+
+
+# --- latency --------------------------------------------------------------------------------------------------
+
+def measure_latency(runner: Runner, *, batches: Sequence[int], trials: int = 5, trial_duration_s: float | None = 0.3,
+                    trial_iterations: int | None = None, warmup_s: float = 0.5, transfers: bool = True,
+                    quiet: bool = False) -> dict[int, list[list[float]]]:
+    """Per-call latencies (ms) in ``trials`` rounds; each round times every batch size once, in alternating order
+    (forward, then backward), so slow drifts of the machine touch every batch size alike."""
+    from edgeres.progress import Progress
+
+    if trials < 1:
+        raise GateInputError(f"trials must be at least 1, got {trials}")
+    inputs = {b: input_batch(runner.card, b) for b in batches}
+    for b in batches:  # warm every shape once
+        time_calls(runner, inputs[b], iterations=1, warmup_s=warmup_s / max(1, len(batches)))
+    out: dict[int, list[list[float]]] = {b: [] for b in batches}
+    with Progress(trials * len(batches), "latency trials", unit="loop", quiet=quiet) as bar:
+        for t in range(trials):
+            for b in (batches if t % 2 == 0 else list(reversed(batches))):
+                calls = time_calls(runner, inputs[b], duration_s=None if trial_iterations else trial_duration_s,
+                                   iterations=trial_iterations, transfers=transfers)
+                out[b].append([round(x, 5) for x in calls.latency_ms])
+                bar.update(1, batch=b)
+    return out
+
+
+# --- the gate -------------------------------------------------------------------------------------------------
+
+@dataclass
+class CheckResult:
+    """The verdict table and what was measured now."""
+
+    artifact: ArtifactInfo
+    baseline_path: str
+    rows: list[Row]
+    notes: list[str]
+    measured: Baseline
+    updated: bool = False
+
+    @property
+    def verdict(self) -> Verdict:
+        verdicts = {r.verdict for r in self.rows}
+        if Verdict.FAIL in verdicts:
+            return Verdict.FAIL
+        if Verdict.INCONCLUSIVE in verdicts:
+            return Verdict.INCONCLUSIVE
+        return Verdict.PASS
+
+    @property
+    def exit_code(self) -> int:
+        return {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 3}[self.verdict]
+
+    @property
+    def verdict_text(self) -> str:
+        if self.updated:
+            return f"baseline written to {self.baseline_path}"
+        return {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL (regression)",
+                Verdict.INCONCLUSIVE: "INCONCLUSIVE (the measurements cannot tell; rerun, or use a quieter machine "
+                                      "or more --trials)"}[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact.to_dict(), "baseline": self.baseline_path, "verdict": self.verdict.value,
+                "exit_code": self.exit_code, "updated": self.updated, "rows": [r.to_dict() for r in self.rows],
+                "notes": self.notes}
+
+
+def _identity_differences(base: Baseline, now: Baseline) -> list[str]:
+    diffs = [f"{label} {getattr(base.artifact, key)[:16]} -> {getattr(now.artifact, key)[:16]}"
+             for label, key in _IDENTITY if getattr(base.artifact, key) != getattr(now.artifact, key)]
+    if base.device != now.device:
+        diffs.append(f"device {base.device!r} -> {now.device!r}")
+    return diffs
+
+
+def _accuracy_rows(base: dict[str, Any], now: dict[str, Any], tol: Tolerances) -> list[Row]:
+    rows = []
+    keys = [("top1", "top-1 accuracy")] + ([("top5", f"top-{now['top_k']} accuracy")] if now["top_k"] > 1 else [])
+    for key, label in keys:
+        drop = base[key] - now[key]
+        verdict = Verdict.FAIL if drop > tol.accuracy_pp + 1e-9 else Verdict.PASS
+        rows.append(Row(label, base[key], now[key], "%", f"{now[key] - base[key]:+.2f} pp",
+                        f"drop <= {tol.accuracy_pp:g} pp", verdict,
+                        f"{label} {now[key]:.2f}% vs baseline {base[key]:.2f}% (limit: {tol.accuracy_pp:g} pp drop)"))
+    ref = now.get("reference")
+    if ref:
+        ratio = now["top1"] / ref["top1"] if ref["top1"] > 0 else float("inf")
+        verdict = Verdict.PASS if ratio >= tol.reference_ratio - 1e-12 else Verdict.FAIL
+        rows.append(Row("top-1 vs FP32 reference", ref["top1"], now["top1"], "%", f"{100 * ratio:.2f}% of ref",
+                        f">= {100 * tol.reference_ratio:g}% of ref", verdict,
+                        f"top-1 {now['top1']:.2f}% is {100 * ratio:.2f}% of the reference's {ref['top1']:.2f}%"))
+        before = base.get("agreement")
+        agree = now["agreement"]
+        if before is None:
+            rows.append(Row("top-1 agreement with reference", None, agree, "%", "-", "shown only", Verdict.INFO,
+                            f"{agree:.2f}% of images get the reference's top-1 class"))
+        else:
+            verdict = Verdict.FAIL if before - agree > tol.accuracy_pp + 1e-9 else Verdict.PASS
+            rows.append(Row("top-1 agreement with reference", before, agree, "%", f"{agree - before:+.2f} pp",
+                            f"drop <= {tol.accuracy_pp:g} pp", verdict,
+                            f"agreement {agree:.2f}% vs baseline {before:.2f}%"))
+    return rows
+
+
+def _latency_rows(base: dict[int, list[list[float]]], now: dict[int, list[list[float]]], tol: Tolerances,
+                  seed: int) -> list[Row]:
+    rows = []
+    for b in sorted(now):
+        for stat, limit in (("median", tol.latency_median), ("p99", tol.latency_p99)):
+            ci = ratio_ci(base[b], now[b], statistic=stat, confidence=tol.confidence, seed=seed)
+            verdict = judge(ci, tolerance=limit)
+            change = (f"{100 * (ci.ratio - 1):+.1f}% [{100 * (ci.low - 1):+.1f}, {100 * (ci.high - 1):+.1f}]")
+            rows.append(Row(f"latency {stat} b{b}", pooled_statistic(base[b], stat), pooled_statistic(now[b], stat),
+                            "ms", change, f"<= +{100 * limit:g}%", verdict,
+                            f"{stat} ratio {ci.ratio:.3f}, {100 * ci.confidence:g}% CI [{ci.low:.3f}, {ci.high:.3f}] "
+                            f"vs limit {1 + limit:.3f} ({len(now[b])} trials now, {len(base[b])} in baseline)"))
+    return rows
+
+
+def _open(artifact: str | Path, threads: int | None) -> Runner:
+    from edgeres import backends
+
+    return backends.open(artifact, threads=threads) if threads else backends.open(artifact)
+
+
+def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None = None,
+          reference: str | Path | None = None, tolerances: Tolerances = Tolerances(), update_baseline: bool = False,
+          allow_mismatch: bool = False, latency: bool = True, batches: Sequence[int] | str | None = None,
+          trials: int = 5, trial_duration_s: float | None = 0.3, trial_iterations: int | None = None,
+          warmup_s: float = 0.5, transfers: bool = True, threads: int | None = None, seed: int = 0,
+          runner: Runner | None = None, quiet: bool = False) -> CheckResult:
+    """Measure ``artifact`` and compare it with ``baseline`` (or write the baseline).
+
+    Args:
+        artifact: the artifact to gate.
+        baseline: the baseline JSON.
+        data: a labelled folder ``<class>/<image>`` for accuracy; None = the baseline's folder, if it has one.
+        reference: the FP32 model for MLPerf's 99 % rule and top-1 agreement (needs ``data``).
+        tolerances: what still passes.
+        update_baseline: measure and (over)write the baseline instead of comparing.
+        allow_mismatch: compare with a baseline from another artifact, model or device (with a note) instead of
+            refusing it.
+        latency: False skips latency (accuracy only, fast).
+        batches: batch sizes for latency; None = the baseline's (for a new baseline: 1 and the profile's opt).
+        trials: alternating latency trials.
+        trial_duration_s: timed wall time per trial and batch size (or ``trial_iterations`` calls each).
+        trial_iterations: timed calls per trial and batch size, instead of a duration.
+        warmup_s: untimed calls before the trials.
+        transfers: False times the compute stage only.
+        threads: backend worker threads.
+        seed: seeds the bootstrap.
+        runner: an already open runner for ``artifact`` to time latency with (not closed here); accuracy always
+            runs ``artifact`` itself through :func:`edgeres.infer.infer_folder`.
+        quiet: no progress output.
+
+    Returns:
+        The verdict rows; :attr:`CheckResult.exit_code` is 0 pass, 1 regression, 3 inconclusive.
+
+    Raises:
+        GateInputError: (exit 2) a missing or unreadable baseline, a baseline from another artifact/model/device
+            without ``allow_mismatch``, a metric asked for that the baseline lacks, bad options.
+    """
+    base = None if update_baseline else load_baseline(baseline)
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if runner is None:
+            runner = stack.enter_context(_open(artifact, threads))
+        info = describe_artifact(artifact, runner=runner)
+        env = collect(backend=info.backend, backend_version=getattr(runner, "backend_version", None),
+                      threads=getattr(runner, "threads", None), artifact_sha256=info.sha256)
+        now = Baseline(artifact=info, environment=env)
+        if base is not None:
+            notes += _check_identity(base, now, allow_mismatch, baseline)
+        data = _resolve_data(data, base, reference)
+        if data is not None:
+            now.accuracy = evaluate(artifact, data, batch=_accuracy_batch(runner), reference=reference,
+                                    threads=threads, quiet=quiet)
+            if reference is not None:
+                now.accuracy["reference"]["sha256"] = sha256_file(reference)
+            if base is not None and base.accuracy["data"]["digest"] != now.accuracy["data"]["digest"]:
+                msg = (f"dataset differs from the baseline's ({base.accuracy['data']['images']} images in "
+                       f"{base.accuracy['data']['root']} -> {now.accuracy['data']['images']} in "
+                       f"{now.accuracy['data']['root']})")
+                if not allow_mismatch:
+                    raise BaselineMismatch(f"{msg}; check on the same folder, pass --allow-mismatch, or "
+                                           "--update-baseline")
+                notes.append(msg)
+                log.warning("%s", msg)
+        if latency and (base is None or base.latency):
+            sizes = _latency_batches(batches, base, runner)
+            trials_ms = measure_latency(runner, batches=sizes, trials=trials, trial_duration_s=trial_duration_s,
+                                        trial_iterations=trial_iterations, warmup_s=warmup_s, transfers=transfers,
+                                        quiet=quiet)
+            now.latency = {"trials": {str(b): t for b, t in trials_ms.items()},
+                           "settings": {"trials": trials, "trial_duration_s": trial_duration_s,
+                                        "trial_iterations": trial_iterations, "transfers": transfers}}
+        elif latency:
+            notes.append("the baseline has no latency; latency not compared (rewrite it without --no-latency)")
+    if update_baseline:
+        write_json_atomic(baseline, now.to_dict())
+        log.info("wrote baseline %s", baseline)
+        return CheckResult(info, str(baseline), _measured_rows(now), notes, now, updated=True)
+    rows: list[Row] = []
+    if base is not None and base.accuracy and now.accuracy is not None:
+        rows += _accuracy_rows(base.accuracy, now.accuracy, tolerances)
+    if base is not None and now.latency is not None:
+        rows += _latency_rows(base.latency_trials(), now.latency_trials(), tolerances, seed)
+    return CheckResult(info, str(baseline), rows, notes, now)
+
+
+def _check_identity(base: Baseline, now: Baseline, allow_mismatch: bool, path: str | Path) -> list[str]:
+    diffs = _identity_differences(base, now)
+    if diffs and not allow_mismatch:
+        raise BaselineMismatch(f"baseline {path} was recorded for something else ({'; '.join(diffs)}); pass "
+                               "--allow-mismatch to compare anyway, or --update-baseline to replace it")
+    notes = []
+    if diffs:
+        notes.append(f"baseline mismatch allowed: {'; '.join(diffs)}")
+        log.warning("comparing with a baseline of another artifact/model/device: %s", "; ".join(diffs))
+    changed = base.environment.differences(now.environment, keys=_NOTED_ENV)
+    for key, (old, new) in changed.items():
+        notes.append(f"environment {key} changed: {old!r} -> {new!r}")
+    return notes
+
+
+def _resolve_data(data: str | Path | None, base: Baseline | None, reference: str | Path | None) -> Path | None:
+    if data is not None:
+        if base is not None and not base.accuracy:
+            raise GateInputError(f"the baseline has no accuracy to compare {data} with; rewrite it with "
+                                 f"--update-baseline --data {data}")
+        return Path(data)
+    if base is not None and base.accuracy:
+        root = Path(base.accuracy["data"]["root"])
+        if not root.is_dir():
+            raise GateInputError(f"the baseline's data folder {root} is gone; pass --data with the same images")
+        return root
+    if reference is not None:
+        raise GateInputError("--reference needs labelled images: pass --data DIR")
+    return None
+
+
+def _latency_batches(batches: Sequence[int] | str | None, base: Baseline | None, runner: Runner) -> list[int]:
+    if batches is not None:
+        sizes = list(parse_batches(batches))
+    elif base is not None:
+        sizes = sorted(base.latency_trials())
+    else:
+        sizes = sorted({max(1, runner.profile.min), runner.profile.opt})
+    ok, skipped = split_by_profile(sizes, runner)
+    if skipped:
+        raise GateInputError("; ".join(f"batch {s['batch']}: {s['reason']}" for s in skipped))
+    if base is not None:
+        missing = [b for b in ok if b not in base.latency_trials()]
+        if missing:
+            raise GateInputError(f"the baseline has no latency for batch {missing}; it has "
+                                 f"{sorted(base.latency_trials())}: rewrite it with --update-baseline")
+    return ok
+
+
+def _measured_rows(now: Baseline) -> list[Row]:
+    """Rows showing what a new baseline holds (verdict INFO)."""
+    rows = []
+    if now.accuracy:
+        rows.append(Row("top-1 accuracy", None, now.accuracy["top1"], "%", "-", "-", Verdict.INFO))
+        if now.accuracy["top_k"] > 1:
+            rows.append(Row(f"top-{now.accuracy['top_k']} accuracy", None, now.accuracy["top5"], "%", "-", "-",
+                            Verdict.INFO))
+        if now.accuracy.get("reference"):
+            rows.append(Row("FP32 reference top-1", None, now.accuracy["reference"]["top1"], "%", "-", "-",
+                            Verdict.INFO))
+            rows.append(Row("top-1 agreement with reference", None, now.accuracy["agreement"], "%", "-", "-",
+                            Verdict.INFO))
+    for b, trials in now.latency_trials().items():
+        for stat in ("median", "p99"):
+            rows.append(Row(f"latency {stat} b{b}", None, pooled_statistic(trials, stat), "ms", "-", "-",
+                            Verdict.INFO))
+    return rows

@@ -1,0 +1,169 @@
+"""The environment a measurement was taken in, recorded beside every benchmark result and baseline.
+
+Latency means nothing without the machine: backend and its version, the device (GPU name, or CPU model and
+threads), on a Jetson its power mode and clock state (``nvpmodel -q``, ``jetson_clocks --show``), the edgeres
+version and the hash of the artifact measured. External tools are asked with a short timeout; a tool that is
+absent, fails or hangs leaves its field None.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeres import __version__
+
+log = logging.getLogger(__name__)
+
+TOOL_TIMEOUT_S = 5.0  # nvpmodel / jetson_clocks / nvidia-smi normally answer in well under a second
+_JETSON_MODEL_FILE = Path("/proc/device-tree/model")
+
+
+@dataclass
+class Environment:
+    """Where and with what a measurement was taken."""
+
+    backend: str
+    backend_version: str
+    device: str  # the GPU name when a GPU runs the artifact, else the CPU model
+    cpu_model: str
+    cpu_count: int  # logical CPUs this process may use
+    threads: int | None = None  # the backend's worker threads, when it says
+    gpu_name: str | None = None
+    jetson_model: str | None = None  # /proc/device-tree/model on a Jetson
+    power_mode: str | None = None  # `nvpmodel -q` output, Jetson only
+    clocks: str | None = None  # `jetson_clocks --show` output, Jetson only
+    edgeres_version: str = __version__
+    artifact_sha256: str | None = None
+    python: str = field(default_factory=platform.python_version)
+    os: str = field(default_factory=lambda: f"{platform.system()} {platform.release()} {platform.machine()}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Environment:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def differences(self, other: Environment, *, keys: tuple[str, ...] | None = None) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ, as ``{name: (self's, other's)}`` (all fields when ``keys`` is None)."""
+        names = keys or tuple(f.name for f in dataclasses.fields(self))
+        return {k: (getattr(self, k), getattr(other, k)) for k in names if getattr(self, k) != getattr(other, k)}
+
+
+def run_tool(argv: list[str], *, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
+    """Stripped stdout of an external tool, or None when it is absent, fails, or outlives ``timeout_s``."""
+    exe = shutil.which(argv[0])
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not answer within %.1f s; leaving it out of the environment record", argv[0], timeout_s)
+        return None
+    except OSError as exc:
+        log.debug("cannot run %s: %s", argv[0], exc)
+        return None
+    if done.returncode != 0:
+        log.debug("%s exited with %d: %s", " ".join(argv), done.returncode, done.stderr.strip()[:200])
+        return None
+    return done.stdout.strip() or None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``'s model name, or the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_count() -> int:
+    """Logical CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def gpu_name(*, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
+    """The first GPU's name from ``nvidia-smi``; None without one (Jetsons have no nvidia-smi: see
+    :func:`jetson_model`)."""
+    out = run_tool(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], timeout_s=timeout_s)
+    return out.splitlines()[0].strip() if out else None
+
+
+def jetson_model(*, model_file: Path = _JETSON_MODEL_FILE) -> str | None:
+    """The board name on a Jetson (``NVIDIA Jetson AGX Orin ...``), else None."""
+    try:
+        text = model_file.read_bytes().decode("utf-8", "replace").strip("\x00 \n")
+    except OSError:
+        return None
+    return text if "jetson" in text.lower() or "nvidia" in text.lower() else None
+
+
+def jetson_power_mode(*, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
+    """``nvpmodel -q`` condensed to one line (e.g. ``"NV Power Mode: MAXN / 0"``); None off a Jetson."""
+    out = run_tool(["nvpmodel", "-q"], timeout_s=timeout_s)
+    return " / ".join(line.strip() for line in out.splitlines() if line.strip()) if out else None
+
+
+def jetson_clocks(*, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
+    """``jetson_clocks --show`` output (clock state of CPU, GPU and EMC); None off a Jetson or without root."""
+    return run_tool(["jetson_clocks", "--show"], timeout_s=timeout_s)
+
+
+def _backend_version(backend: str) -> str:
+    from importlib import metadata
+
+    candidates = {
+        "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+        "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-libs"),
+    }.get(backend, (backend,))
+    for dist in candidates:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
+def collect(*, backend: str, backend_version: str | None = None, threads: int | None = None,
+            gpu: bool | None = None, artifact_sha256: str | None = None,
+            timeout_s: float = TOOL_TIMEOUT_S) -> Environment:
+    """Record the environment of a measurement.
+
+    Args:
+        backend: the backend running the artifact (``onnxruntime``, ``tensorrt``).
+        backend_version: its version; None = the installed package's.
+        threads: the backend's worker threads, when known.
+        gpu: whether the artifact runs on a GPU; None = TensorRT does, other backends do not.
+        artifact_sha256: hash of the artifact measured.
+        timeout_s: how long each external tool may take.
+
+    Returns:
+        The record; fields that cannot be known here are None.
+    """
+    version = backend_version if backend_version is not None else _backend_version(backend)
+    on_gpu = gpu if gpu is not None else backend == "tensorrt"
+    jetson = jetson_model()
+    gpu_label = gpu_name(timeout_s=timeout_s)
+    cpu = cpu_model()
+    device = (gpu_label or jetson or "unknown GPU") if on_gpu else cpu
+    return Environment(
+        backend=backend, backend_version=version, device=device, cpu_model=cpu, cpu_count=cpu_count(),
+        threads=threads, gpu_name=gpu_label, jetson_model=jetson,
+        power_mode=jetson_power_mode(timeout_s=timeout_s), clocks=jetson_clocks(timeout_s=timeout_s),
+        artifact_sha256=artifact_sha256,
+    )

@@ -1,0 +1,223 @@
+"""edgeres.bench: timing loops, trtexec's definitions, profile limits, stage split, preprocessing, JSON, CLI.
+
+The tiny models here are real ONNX files (GlobalAveragePool -> Gemm) that ONNX Runtime runs in microseconds;
+:func:`colour_model` classifies red/green/blue images by their dominant channel, so accuracy is exact and a
+permuted weight matrix is a "worse model". Other test files import these helpers.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from edgeres.backends.base import BatchProfile, StageTimes
+from edgeres.bench import (
+    BenchResult, bench, describe_artifact, load_result, parse_batches, parse_duration, time_calls, time_preprocess,
+)
+from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
+from edgeres.errors import InputError
+
+CLASSES = ["blue", "green", "red"]  # scan order (sorted); channel of each class in RGB: 2, 1, 0
+GOOD_W = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32)  # W[channel, class]
+WORSE_W = np.eye(3, dtype=np.float32)  # red and blue swapped: only green stays right
+
+
+def colour_model(path: Path, *, weights: np.ndarray = GOOD_W, size: int = 16, batch: int | str = "N",
+                 dataset: dict | None = None) -> Path:
+    """A real ONNX classifier of dominant colour, with the edgeres card attached."""
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "W", "b"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "colour", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.zeros(3, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    card = ModelCard(arch="colour", class_names=list(CLASSES), preprocess=Preprocess.small(size=size),
+                     dataset=dataset or {})
+    attach_card_to_onnx(model, card)
+    onnx.save(model, str(path))
+    return path
+
+
+def colour_images(root: Path, *, per_class: int = 4, size: int = 20, seed: int = 0) -> Path:
+    """``root/{red,green,blue}/*.png`` whose named channel dominates."""
+    rng = np.random.default_rng(seed)
+    for name, channel in (("red", 0), ("green", 1), ("blue", 2)):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
+            pixels[..., channel] = rng.integers(150, 256, (size, size))
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+class SleepRunner:
+    """A runner whose every call takes ``ms`` (plus ``extra_ms``): latency injection without a model."""
+
+    backend = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, card: ModelCard, *, ms: float, extra_ms: float = 0.0,
+                 profile: BatchProfile = BatchProfile(1, 8, 32), stages: bool = False) -> None:
+        self.card, self.ms, self.extra_ms, self.profile, self.stages = card, ms, extra_ms, profile, stages
+        self.last_stage_times: StageTimes | None = None
+        self.calls = 0
+
+    def __enter__(self) -> SleepRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep((self.ms + self.extra_ms) / 1e3)
+        self.calls += 1
+        if self.stages:  # a GPU-like split with fixed, known stage times
+            self.last_stage_times = StageTimes(compute_ms=1.0, h2d_ms=0.25, d2h_ms=0.125, total_ms=1.375)
+        return np.zeros((batch.shape[0], self.card.num_classes), np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return colour_model(tmp_path / "colour.onnx")
+
+
+def test_bench_measures_each_batch_with_trtexec_definitions(model: Path) -> None:
+    result = bench(model, batches=(1, 4), warmup_s=0.0, iterations=20, quiet=True)
+    assert [r.batch for r in result.results] == [1, 4]
+    for r in result.results:
+        assert r.iterations == 20 and r.latency.count == 20
+        assert r.throughput == pytest.approx(20 / r.wall_s)  # inferences / total host wall time
+        assert r.images_per_s == pytest.approx(r.throughput * r.batch)
+        assert r.latency.min <= r.latency.median <= r.latency.p99 <= r.latency.max
+        assert r.latency.median == pytest.approx(np.median(r.samples_ms))
+        assert r.wall_s * 1e3 >= sum(r.samples_ms) * 0.999  # the loop's wall time covers every timed call
+        assert "compute" in r.stages and "h2d" not in r.stages  # ORT on the CPU has no copies to report
+    assert result.artifact.backend == "onnxruntime" and result.artifact.arch == "colour"
+    assert result.environment.artifact_sha256 == result.artifact.sha256
+    assert result.environment.backend_version == onnx_runtime_version()
+    assert result.preprocess is not None and result.preprocess.source == "synthetic"
+
+
+def onnx_runtime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def test_batches_outside_the_profile_are_skipped_with_a_note(tmp_path: Path) -> None:
+    fixed = colour_model(tmp_path / "fixed4.onnx", batch=4)
+    result = bench(fixed, batches="1,4,8", warmup_s=0, iterations=3, preprocess=False, quiet=True)
+    assert [r.batch for r in result.results] == [4]
+    assert [s["batch"] for s in result.skipped] == [1, 8]
+    assert "4:4:4" in result.skipped[0]["reason"]
+    with pytest.raises(InputError, match="no requested batch size"):
+        bench(fixed, batches=(1, 2), warmup_s=0, iterations=3, preprocess=False, quiet=True)
+
+
+def test_stage_split_and_no_transfers_use_the_runner_stage_times(model: Path) -> None:
+    card = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16))
+    runner = SleepRunner(card, ms=0.5, stages=True)
+    with_copies = bench(model, runner=runner, batches=(2,), warmup_s=0, iterations=5, preprocess=False, quiet=True)
+    r = with_copies.results[0]
+    assert set(r.stages) == {"h2d", "compute", "d2h"}
+    assert (r.stages["h2d"].median, r.stages["compute"].median, r.stages["d2h"].median) == (0.25, 1.0, 0.125)
+    assert r.latency.min >= 0.5  # host wall time of the call
+    compute_only = bench(model, runner=runner, batches=(2,), warmup_s=0, iterations=5, transfers=False,
+                         preprocess=False, quiet=True)
+    assert compute_only.results[0].samples_ms == [1.0] * 5
+
+
+def test_duration_loop_runs_at_least_the_duration_and_the_minimum_calls(model: Path) -> None:
+    card = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16))
+    runner = SleepRunner(card, ms=1.0)
+    calls = time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=0.03, min_iterations=3)
+    assert calls.wall_s >= 0.03 and len(calls.latency_ms) >= 3
+    assert min(calls.latency_ms) >= 1.0
+    few = time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=1e-6, min_iterations=4)
+    assert len(few.latency_ms) == 4
+    with pytest.raises(InputError):
+        time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=1.0, iterations=3)
+
+
+def test_preprocess_is_timed_on_the_card_dataset_when_it_exists(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    colour_images(root / "val", per_class=2)
+    card = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16),
+                     dataset={"root": str(root)})
+    timing = time_preprocess(card)
+    assert timing.source == "images" and timing.detail == str(root / "val") and timing.per_image.count == 6
+    gone = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16),
+                     dataset={"root": str(tmp_path / "moved")})
+    assert time_preprocess(gone).source == "synthetic"
+
+
+def test_result_round_trips_through_json(model: Path, tmp_path: Path) -> None:
+    result = bench(model, batches=(1,), warmup_s=0, iterations=5, quiet=True)
+    path = result.write_json(tmp_path / "bench.json")
+    data = json.loads(path.read_text())
+    assert data["kind"] == "edgeres.bench" and data["results"][0]["latency_ms"]["count"] == 5
+    again = load_result(path)
+    assert again.to_dict() == data
+    with pytest.raises(InputError, match="not an edgeres bench result"):
+        BenchResult.from_dict({"results": []})
+
+
+def test_describe_artifact_hashes_a_plain_onnx(model: Path) -> None:
+    info = describe_artifact(model)
+    assert info.sha256 == info.model_sha256 and len(info.sha256) == 64
+    with pytest.raises(InputError, match="not found"):
+        describe_artifact(model.with_name("missing.onnx"))
+
+
+@pytest.mark.parametrize("text, expected", [("1s", 1.0), ("500ms", 0.5), ("2", 2.0), ("0.25 s", 0.25)])
+def test_parse_duration(text: str, expected: float) -> None:
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["fast", "-1s", "nan", "1h"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(InputError, match="duration"):
+        parse_duration(text)
+
+
+def test_parse_batches() -> None:
+    assert parse_batches("1, 8,32,8") == (1, 8, 32)
+    for bad in ("0", "a,b", ""):
+        with pytest.raises(InputError):
+            parse_batches(bad)
+
+
+def test_cli_bench_writes_json_markdown_and_png(model: Path, tmp_path: Path) -> None:
+    from cli import cli
+
+    out, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
+    res = CliRunner().invoke(cli, ["-q", "bench", str(model), "--batch", "1,2,4096", "--iterations", "5",
+                                   "--warmup", "0ms", "--out", str(out), "--report", str(md), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert "latency per inference (ms)" in res.output and "batch 4096 skipped" in res.output
+    assert [r["batch"] for r in json.loads(out.read_text())["results"]] == [1, 2]
+    assert "| batch | n | min |" in md.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench_rejects_bad_durations_and_both_limits(model: Path) -> None:
+    from cli import cli
+
+    res = CliRunner().invoke(cli, ["bench", str(model), "--duration", "soon"])
+    assert res.exit_code == 2 and "duration" in res.output
+    res = CliRunner().invoke(cli, ["bench", str(model), "--duration", "1s", "--iterations", "3"])
+    assert res.exit_code == 2 and "not both" in res.output
