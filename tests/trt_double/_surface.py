@@ -140,6 +140,14 @@ def _make_enum(name: str, entry: dict) -> type:
         setattr(cls, member, inst)
         members[member] = inst
     cls.__members__ = members  # type: ignore[attr-defined]
+    for prop in entry["properties"]:
+        if not hasattr(cls, prop):
+            if prop == "itemsize":  # DataType.itemsize (10.x+, set by the real __init__.py)
+                sizes = {"FLOAT": 4, "HALF": 2, "BF16": 2, "INT8": 1, "INT32": 4, "INT64": 8, "BOOL": 1, "UINT8": 1,
+                         "FP8": 1, "INT4": 0.5, "FP4": 0.5}
+                setattr(cls, prop, property(lambda self: sizes.get(self.name)))
+            else:
+                setattr(cls, prop, property(_not_simulated(f"{name}.{prop}")))
     return cls
 
 
