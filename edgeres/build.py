@@ -1,0 +1,362 @@
+"""The build pipeline behind ``edgeres build``: checkpoint → ONNX → (ranges) → artifact → verification.
+
+``build_artifact`` accepts an exported ONNX or a ``.pt`` checkpoint (exported first), picks the backend
+(``auto``: TensorRT when it can run here, else ONNX Runtime, with the reason), calibrates for INT8 — reusing a
+ranges file in the output folder only when its provenance (model sha256, method, image count, calibration-set
+manifest, preprocessing) matches, never a stale one — builds the artifact and its sidecar, and finally checks the
+artifact against the FP32 ONNX on a few calibration images (top-1 agreement, max |Δlogit|, speed ratio)::
+
+    result = build_artifact("runs/x/model.pt", precision="int8", out_dir="runs/x")
+    result.artifact, result.backend_reason, result.verification.top1_agreement
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeres.backends import BackendName, BatchProfile, Precision, Sidecar, artifact_suffix, choose_backend
+from edgeres.card import ModelCard
+from edgeres.errors import DataError, InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+VERIFY_IMAGES = 16  # "a few calibration images"
+SPEED_REPEATS = 3  # timed passes over the verification images (the best is kept)
+CALIB_SEED = 0
+
+
+@dataclass
+class Verification:
+    """The artifact against the FP32 ONNX on the same images."""
+
+    images: int
+    source: str  # "calibration images" or "random inputs" (no images known)
+    top1_agreement: float  # 0..1
+    max_abs_diff: float  # largest |Δlogit|
+    batch: int
+    reference_ms: float  # best per-image time of the FP32 ONNX on ONNX Runtime (CPU)
+    artifact_ms: float  # best per-image time of the artifact
+
+    @property
+    def speedup(self) -> float:
+        """FP32-ONNX time / artifact time: above 1 means the artifact is faster."""
+        return self.reference_ms / self.artifact_ms if self.artifact_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "source": self.source, "top1_agreement": self.top1_agreement,
+                "max_abs_diff": self.max_abs_diff, "batch": self.batch, "reference_ms_per_image": self.reference_ms,
+                "artifact_ms_per_image": self.artifact_ms, "speedup_vs_fp32_onnx": self.speedup}
+
+
+@dataclass
+class BuildResult:
+    """What ``build_artifact`` made, from what, on which backend and why, and how it compares to FP32."""
+
+    artifact: Path
+    sidecar: Sidecar
+    backend: str
+    backend_reason: str
+    precision: str
+    onnx: Path  # the FP32 ONNX it was built from
+    exported: bool  # the ONNX was exported from a checkpoint by this build
+    ranges: Path | None = None
+    ranges_reused: bool | None = None
+    verification: Verification | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": str(self.artifact), "backend": self.backend, "backend_reason": self.backend_reason,
+            "backend_version": self.sidecar.backend_version, "precision": self.precision, "onnx": str(self.onnx),
+            "exported": self.exported, "ranges": str(self.ranges) if self.ranges else None,
+            "ranges_reused": self.ranges_reused, "profile": self.sidecar.profile,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "notes": list(self.notes), "seconds": round(self.seconds, 3),
+        }
+
+
+def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision | str,
+                   backend: BackendName | str = BackendName.AUTO, calib_dir: str | os.PathLike[str] | None = None,
+                   calib_method: str = "entropy", calib_images: int = 512, profile: BatchProfile = BatchProfile(),
+                   out_dir: str | os.PathLike[str] | None = None, force: bool = False, threads: int | None = None,
+                   verify_images: int = VERIFY_IMAGES, quiet: bool = False, **backend_options: Any) -> BuildResult:
+    """Build an artifact for ``backend`` at ``precision`` and verify it against the FP32 ONNX.
+
+    Args:
+        model_path: an exported ``.onnx`` (with its card) or an edgeres ``.pt`` checkpoint (exported first).
+        precision: fp32, fp16 or int8.
+        backend: auto, tensorrt or onnxruntime.
+        calib_dir: calibration images for int8; None = the calibration set recorded in the model card.
+        calib_method: entropy, minmax, percentile or mse.
+        calib_images: calibration images to sample.
+        profile: batch sizes the artifact must accept.
+        out_dir: where the artifact (and ranges, and an exported ONNX) go; None = beside the model.
+        force: replace an existing artifact (and re-export a checkpoint).
+        threads: ONNX Runtime intra-op threads recorded for the artifact's runners.
+        verify_images: images used for the check against FP32 (0 skips it).
+        quiet: no progress bars.
+        **backend_options: passed to TensorRT (int8_mode, workspace_mb, timing_cache, opt_level, dla_core,
+            version_compatible).
+
+    Returns:
+        The artifact, the chosen backend and why, the ranges used and the verification numbers.
+    """
+    from edgeres import backends
+    from edgeres.backends import read_sidecar_for
+
+    start = time.perf_counter()
+    precision = Precision(precision)
+    model_path = Path(model_path)
+    out_dir = Path(out_dir) if out_dir is not None else model_path.parent
+    chosen, reason = choose_backend(backend)
+    onnx_path, exported = _onnx_for(model_path, out_dir=out_dir, force=force, quiet=quiet)
+    card = _card_of(onnx_path)
+    artifact = out_dir / f"{onnx_path.stem}.{precision.value}{artifact_suffix(chosen)}"
+    if artifact.resolve() == onnx_path.resolve():
+        raise InputError(f"the artifact would overwrite its source {onnx_path}; choose another --out")
+    if artifact.exists() and not force:
+        raise InputError(f"{artifact} already exists; pass --force to rebuild it")
+    ranges = ranges_path = reused = None
+    provenance: dict[str, Any] = {}
+    if precision is Precision.INT8:
+        ranges, ranges_path, reused = _ranges_for(onnx_path, card, calib_dir=calib_dir, method=calib_method,
+                                                  images=calib_images, out_dir=out_dir, quiet=quiet)
+        provenance = {"ranges_file": ranges_path.name, "method": ranges.method, "num_images": ranges.num_images,
+                      "model_sha256": ranges.model_sha256, "manifest_sha256": ranges.manifest_sha256,
+                      "ranges_reused": reused}
+    backends.build(onnx_path, backend=chosen, precision=precision, out=artifact, profile=profile, ranges=ranges,
+                   int8_provenance=provenance, threads=threads, progress=not quiet, **backend_options)
+    result = BuildResult(artifact=artifact, sidecar=read_sidecar_for(artifact), backend=chosen.value,
+                         backend_reason=reason, precision=precision.value, onnx=onnx_path, exported=exported,
+                         ranges=ranges_path, ranges_reused=reused)
+    if verify_images > 0:
+        inputs, source = verification_inputs(onnx_path, card, calib_dir=calib_dir, count=verify_images)
+        result.verification = verify(artifact, onnx_path, inputs, source=source, profile=profile, threads=threads)
+        result.notes += _notes(result)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _onnx_for(model_path: Path, *, out_dir: Path, force: bool, quiet: bool) -> tuple[Path, bool]:
+    """The FP32 ONNX to build from: the file itself, or the checkpoint exported beside the artifact."""
+    if not model_path.is_file():
+        raise InputError(f"model {model_path} not found; pass an exported .onnx or an edgeres .pt checkpoint")
+    suffix = model_path.suffix.lower()
+    if suffix == ".onnx":
+        return model_path, False
+    if suffix not in (".pt", ".pth"):
+        raise InputError(f"cannot build from {model_path}: expected an .onnx model or a .pt checkpoint")
+    from edgeres.export import export_onnx
+
+    onnx_path = out_dir / f"{model_path.stem}.onnx"
+    if onnx_path.exists() and not force:
+        if onnx_path.stat().st_mtime >= model_path.stat().st_mtime:
+            log.info("reusing %s, exported after %s (pass --force to re-export)", onnx_path, model_path)
+            return onnx_path, False
+        raise InputError(f"{onnx_path} is older than {model_path}; pass --force to re-export it")
+    log.info("exporting %s to %s", model_path, onnx_path)
+    export_onnx(model_path, out=onnx_path, force=True, verify=True, quiet=quiet)
+    return onnx_path, True
+
+
+def _card_of(onnx_path: Path) -> ModelCard:
+    from edgeres.card import read_onnx_card
+
+    card = read_onnx_card(str(onnx_path))
+    if card is None:
+        raise ModelError(f"{onnx_path} carries no edgeres model card; export it with `edgeres export`")
+    return card
+
+
+# --- calibration ranges ---------------------------------------------------------------------------------------
+
+def calibration_images(onnx_path: Path, card: ModelCard, *, calib_dir: str | os.PathLike[str] | None,
+                       images: int) -> list[Path]:
+    """The calibration images ``edgeres calibrate`` would sample: from ``calib_dir``, else the model card's
+    calibration list or training set.
+
+    Raises:
+        InputError: no calibration set is given or recorded; the message says how to pass one.
+    """
+    from edgeres.calibrate import select_images
+
+    try:
+        return select_images(onnx_path, card, data=calib_dir, images=images, batch_size=1, seed=CALIB_SEED)
+    except InputError as exc:
+        if calib_dir is None:
+            raise InputError(f"int8 needs calibration images and none could be found ({str(exc).split(';')[0]}); "
+                             "pass --calib DIR (a folder of training-like images, e.g. your train/ folder) to "
+                             "`edgeres build`") from exc
+        raise
+
+
+def _reusable(path: Path, *, model_sha: str, method: str, images: int, manifest: str, card: ModelCard) -> Any:
+    """The ranges at ``path`` when every piece of provenance matches, else None (logged)."""
+    from calibration.errors import CalibrationError
+    from calibration.ranges import Ranges
+
+    if not path.is_file():
+        return None
+    try:
+        ranges = Ranges.load(path)
+    except CalibrationError as exc:
+        log.warning("not reusing %s: %s", path, exc)
+        return None
+    wanted = {"model_sha256": model_sha, "method": method, "num_images": images, "manifest_sha256": manifest,
+              "preprocess": card.preprocess.to_dict()}
+    have = {"model_sha256": ranges.model_sha256, "method": ranges.method, "num_images": ranges.num_images,
+            "manifest_sha256": ranges.manifest_sha256, "preprocess": ranges.preprocess}
+    stale = [k for k in wanted if _norm(have[k]) != _norm(wanted[k])]
+    if stale:
+        log.info("not reusing %s: its %s differ(s) from this build's; recalibrating", path, ", ".join(stale))
+        return None
+    return ranges
+
+
+def _norm(value: Any) -> Any:
+    """Compare JSON round-tripped values (tuples vs lists) as equal."""
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    return value
+
+
+def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str, images: int, out_dir: Path,
+                quiet: bool) -> tuple[Any, Path, bool]:
+    from calibration import manifest_hash, parse_method
+    from calibration.errors import CalibrationError
+
+    from edgeres.calibrate import DEFAULT_BATCH, calibrate
+    from edgeres.io import sha256_file
+
+    try:
+        method = parse_method(method).value
+        chosen = calibration_images(onnx_path, card, calib_dir=calib_dir, images=images)
+        manifest = manifest_hash(chosen)
+    except CalibrationError as exc:
+        raise InputError(str(exc)) from exc
+    path = out_dir / f"{onnx_path.stem}.{method}.ranges.json"
+    model_sha = sha256_file(onnx_path)
+    ranges = _reusable(path, model_sha=model_sha, method=method, images=len(chosen), manifest=manifest, card=card)
+    if ranges is not None:
+        log.info("reusing ranges %s (same model, method, %d images, calibration set)", path, len(chosen))
+        return ranges, path, True
+    ranges = calibrate(onnx_path, data=calib_dir, method=method, images=len(chosen),
+                       batch_size=min(DEFAULT_BATCH, len(chosen)), seed=CALIB_SEED, quiet=quiet)
+    try:
+        ranges.save(path)
+    except CalibrationError as exc:
+        raise InputError(str(exc)) from exc
+    return ranges, path, False
+
+
+# --- verification ---------------------------------------------------------------------------------------------
+
+def verification_inputs(onnx_path: Path, card: ModelCard, *, calib_dir: Any = None, count: int = VERIFY_IMAGES,
+                        seed: int = 0) -> tuple[np.ndarray, str]:
+    """``count`` preprocessed calibration images (a seeded, class-balanced sample), or seeded noise when none are
+    known."""
+    from edgeres.data import load_image
+
+    try:
+        paths = calibration_images(onnx_path, card, calib_dir=calib_dir, images=count)
+    except (InputError, DataError) as exc:
+        log.warning("no calibration images given (--calib) or recorded in the model card (%s); verifying on "
+                    "random inputs", str(exc).split(";")[0])
+        paths = []
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(load_image(p, card.preprocess))
+        except DataError as exc:
+            log.warning("verification skips %s", exc)
+    if arrays:
+        return np.stack(arrays), "calibration images"
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, *card.preprocess.input_shape)).astype(np.float32), "random inputs"
+
+
+def verify(artifact: Path, reference_onnx: Path, inputs: np.ndarray, *, source: str,
+           profile: BatchProfile = BatchProfile(), threads: int | None = None) -> Verification:
+    """Run ``inputs`` through the artifact and through the FP32 ONNX on ONNX Runtime; compare logits and time."""
+    from edgeres import backends
+
+    batch = max(profile.min, min(profile.opt, profile.max, len(inputs)))
+    chunks = _chunks(inputs, batch)
+    with backends.open(reference_onnx, threads=threads) as ref:
+        ref_logits, ref_s = _run_all(ref, chunks)
+    with backends.open(artifact, threads=threads) as run:
+        art_logits, art_s = _run_all(run, chunks)
+    n = len(inputs)
+    agree = float(np.mean(ref_logits[:n].argmax(1) == art_logits[:n].argmax(1)))
+    diff = float(np.max(np.abs(ref_logits[:n].astype(np.float64) - art_logits[:n].astype(np.float64))))
+    return Verification(images=n, source=source, top1_agreement=agree, max_abs_diff=diff, batch=batch,
+                        reference_ms=ref_s * 1e3 / n, artifact_ms=art_s * 1e3 / n)
+
+
+def _chunks(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Fixed-size batches, the last zero-padded (so fixed-profile engines accept it)."""
+    out = []
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.ascontiguousarray(chunk, dtype=np.float32))
+    return out
+
+
+def _run_all(runner: Any, chunks: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Logits of all chunks (first pass, also the warm-up) and the best of a few timed passes (seconds)."""
+    logits = np.concatenate([runner.infer(c) for c in chunks])
+    best = float("inf")
+    for _ in range(SPEED_REPEATS):
+        t0 = time.perf_counter()
+        for c in chunks:
+            runner.infer(c)
+        best = min(best, time.perf_counter() - t0)
+    return logits, best
+
+
+def _notes(result: BuildResult) -> list[str]:
+    v = result.verification
+    notes = []
+    if v is None:
+        return notes
+    if v.source == "random inputs":
+        notes.append("verified on random inputs (no calibration images known): agreement says little about "
+                     "accuracy; pass --calib DIR")
+    if result.precision == Precision.FP16.value and result.backend == BackendName.ONNXRUNTIME.value \
+            and v.speedup < 1.0:
+        notes.append(f"FP16 runs {1 / v.speedup:.2f}x slower than the FP32 ONNX on this CPU: ONNX Runtime's CPU "
+                     f"kernels lack most FP16 ops and insert casts; prefer fp32 or int8 on CPUs, fp16 on GPUs")
+    if result.precision == Precision.INT8.value and result.backend == BackendName.ONNXRUNTIME.value:
+        notes.append("ONNX Runtime int8 uses unsigned activations (zero point 128, TensorRT's grid); on CPUs "
+                     "without VNNI its u8xs8 kernels can saturate, so its accuracy is reported for this form only")
+    return notes
+
+
+def build_table(result: BuildResult) -> list[tuple[str, str]]:
+    """(field, value) rows for the CLI's summary table."""
+    rows = [("artifact", str(result.artifact)), ("backend", f"{result.backend} {result.sidecar.backend_version}"),
+            ("why", result.backend_reason), ("precision", result.precision),
+            ("from", str(result.onnx) + (" (exported now)" if result.exported else "")),
+            ("batch profile", "{min}:{opt}:{max}".format(**result.sidecar.profile))]
+    if result.ranges is not None:
+        rows.append(("ranges", f"{result.ranges} ({'reused' if result.ranges_reused else 'calibrated now'})"))
+    v = result.verification
+    if v is not None:
+        rows += [("verified on", f"{v.images} {v.source}, batch {v.batch}"),
+                 ("top-1 agreement", f"{v.top1_agreement * 100:.2f}%"),
+                 ("max |Δlogit|", f"{v.max_abs_diff:.3g}"),
+                 ("speed vs FP32 ONNX", f"{v.speedup:.2f}x ({v.artifact_ms:.2f} vs {v.reference_ms:.2f} ms/image)")]
+    rows.append(("build time", f"{result.seconds:.1f} s"))
+    rows += [("note", n) for n in result.notes]
+    return rows

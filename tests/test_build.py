@@ -1,0 +1,176 @@
+"""The build pipeline on ONNX Runtime: fp32/fp16/int8 artifacts, verification numbers, ranges reuse, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from edgeres.backends import BatchProfile, sidecar_path
+from edgeres.build import build_artifact, build_table
+from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
+from edgeres.errors import InputError
+
+CLASSES = [f"c{i}" for i in range(4)]
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    from edgeres.models import resnet20
+
+    torch.manual_seed(seed)
+    model = resnet20(num_classes=len(CLASSES), in_channels=1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, 32, 32))
+    return model.eval()
+
+
+def _card(dataset: dict | None = None) -> ModelCard:
+    return ModelCard(arch="resnet20", class_names=CLASSES, preprocess=Preprocess.small(size=32, channels=1),
+                     dataset=dataset or {})
+
+
+def _export(model: torch.nn.Module, path: Path, card: ModelCard) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, torch.randn(1, 1, 32, 32), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load(str(path))
+    attach_card_to_onnx(proto, card)
+    onnx.save(proto, str(path))
+    return path
+
+
+def _images(folder: Path, per_class: int, *, seed: int = 0) -> Path:
+    """Class folders of smooth random shapes (not pure noise, so activations look image-like)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    for c, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            cx, cy, r = rng.uniform(8, 24), rng.uniform(8, 24), rng.uniform(3, 10)
+            img = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r) * (60 * c + 40) + rng.normal(0, 8, (32, 32))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "L").save(folder / name / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("build")
+    data = root / "data"
+    _images(data / "train", 6)
+    _images(data / "val", 2, seed=1)
+    calib = _images(root / "calib", 5, seed=2)
+    plain = _export(_model(), root / "plain.onnx", _card())
+    with_data = _export(_model(), root / "withdata.onnx", _card({"root": str(data)}))
+    return {"root": root, "calib": calib, "plain": plain, "with_data": with_data, "data": data}
+
+
+def test_fp32_build_on_auto_says_why_and_verifies(world: dict[str, Path], tmp_path: Path) -> None:
+    result = build_artifact(world["plain"], precision="fp32", calib_dir=world["calib"], out_dir=tmp_path,
+                            profile=BatchProfile(1, 4, 8), quiet=True)
+    assert result.artifact == tmp_path / "plain.fp32.onnx" and result.artifact.is_file()
+    assert sidecar_path(result.artifact).is_file()
+    assert result.backend == "onnxruntime" and "TensorRT unavailable" in result.backend_reason
+    v = result.verification
+    assert v is not None and v.source == "calibration images" and v.images == 16 and v.batch == 4
+    assert v.top1_agreement == 1.0 and v.max_abs_diff < 1e-4
+    rows = dict(build_table(result))
+    assert rows["top-1 agreement"] == "100.00%" and rows["backend"].startswith("onnxruntime")
+    assert json.loads(json.dumps(result.to_dict()))["verification"]["images"] == 16
+    with pytest.raises(InputError, match="already exists; pass --force"):
+        build_artifact(world["plain"], precision="fp32", out_dir=tmp_path, quiet=True)
+
+
+def test_fp16_build_reports_speed_honestly(world: dict[str, Path], tmp_path: Path) -> None:
+    result = build_artifact(world["plain"], precision="fp16", calib_dir=world["calib"], out_dir=tmp_path,
+                            quiet=True)
+    init_types = {i.data_type for i in onnx.load(str(result.artifact)).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in init_types
+    v = result.verification
+    assert v.top1_agreement >= 0.9 and v.max_abs_diff < 0.05
+    slower = any("slower than the FP32 ONNX" in n for n in result.notes)
+    assert slower == (v.speedup < 1.0)
+
+
+def test_int8_build_calibrates_then_reuses_only_matching_ranges(world: dict[str, Path], tmp_path: Path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for sub in world["calib"].iterdir():
+        (calib / sub.name).mkdir()
+        for f in sub.iterdir():
+            (calib / sub.name / f.name).write_bytes(f.read_bytes())
+    first = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
+                           out_dir=tmp_path, quiet=True)
+    assert first.ranges == tmp_path / "plain.minmax.ranges.json" and first.ranges_reused is False
+    ops = {n.op_type for n in onnx.load(str(first.artifact)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    sidecar = json.loads(sidecar_path(first.artifact).read_text())
+    assert sidecar["precision"] == "int8" and sidecar["int8"]["activations"] == "u8"
+    assert sidecar["int8"]["method"] == "minmax" and sidecar["int8"]["num_images"] == 20
+    v = first.verification
+    assert v.source == "calibration images" and v.top1_agreement >= 0.75 and 0 < v.max_abs_diff < 1.0
+
+    again = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
+                           out_dir=tmp_path, force=True, quiet=True)
+    assert again.ranges_reused is True
+
+    _images(calib / "extra", 1, seed=9)  # a changed calibration set: the old ranges are stale
+    stale = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
+                           out_dir=tmp_path, force=True, quiet=True)
+    assert stale.ranges_reused is False
+    assert json.loads(stale.ranges.read_text())["manifest_sha256"] != sidecar["int8"]["manifest_sha256"]
+
+    fewer = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
+                           calib_images=8, out_dir=tmp_path, force=True, quiet=True)
+    assert fewer.ranges_reused is False and json.loads(fewer.ranges.read_text())["num_images"] == 8
+
+    other = tmp_path / "other"
+    other.mkdir()
+    retrained = _export(_model(seed=5), other / "plain.onnx", _card())  # same name, other weights
+    moved = tmp_path / "plain.onnx"
+    moved.write_bytes(retrained.read_bytes())
+    newmodel = build_artifact(moved, precision="int8", calib_dir=calib, calib_method="minmax", calib_images=8,
+                              out_dir=tmp_path, force=True, quiet=True)
+    assert newmodel.ranges_reused is False
+
+
+def test_int8_without_calib_uses_the_cards_set_or_says_how(world: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="pass --calib DIR"):
+        build_artifact(world["plain"], precision="int8", out_dir=tmp_path, quiet=True)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    result = build_artifact(world["with_data"], precision="int8", calib_method="minmax", out_dir=tmp_path,
+                            quiet=True)
+    assert result.ranges_reused is False
+    assert json.loads(result.ranges.read_text())["num_images"] == 24  # the card's train/ set: 4 classes x 6
+    assert result.verification.source == "calibration images"
+
+
+def test_checkpoint_is_exported_first(world: dict[str, Path], tmp_path: Path) -> None:
+    model = _model(seed=3)
+    ckpt = tmp_path / "model.pt"
+    card = _card({"root": str(world["data"])})
+    torch.save({"format": "edgeres-checkpoint-1", "model": model.state_dict(), "card": card.to_dict()}, ckpt)
+    result = build_artifact(ckpt, precision="fp32", out_dir=tmp_path / "out", quiet=True)
+    assert result.exported and result.onnx == tmp_path / "out" / "model.onnx" and result.onnx.is_file()
+    assert result.artifact == tmp_path / "out" / "model.fp32.onnx"
+    assert result.verification.top1_agreement == 1.0
+    os.utime(ckpt, (1, 1))  # checkpoint older than its export: reused without --force
+    reuse = build_artifact(ckpt, precision="fp16", out_dir=tmp_path / "out", quiet=True)
+    assert not reuse.exported
+
+
+def test_bad_model_inputs(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        build_artifact(tmp_path / "missing.onnx", precision="fp32", quiet=True)
+    (tmp_path / "weights.h5").write_bytes(b"x")
+    with pytest.raises(InputError, match="expected an .onnx model or a .pt checkpoint"):
+        build_artifact(tmp_path / "weights.h5", precision="fp32", quiet=True)
