@@ -370,3 +370,40 @@ def test_cuda_graph_option_is_refused_clearly(double, fp32_onnx, tmp_path, card)
     with pytest.raises(BackendUnavailable, match="cuda-graph"):
         trt_backend.TensorRTRunner(out, cuda_graph=True)
     assert not double.gpu.contexts, "refused before any CUDA context was made"
+
+
+@pytest.mark.parametrize("int8_mode", ["explicit", "implicit"])
+def test_dispatcher_build_and_open_int8(double, fp32_onnx, tmp_path, card, int8_mode) -> None:
+    """`edgeres build --backend tensorrt --precision int8` and `edgeres infer` go through these two calls."""
+    from calibration.ranges import Ranges
+    from edgeres import backends
+    from edgeres.card import attach_card_to_onnx
+    from edgeres.quantize import tensors_to_observe
+
+    model = onnx.load(str(fp32_onnx))
+    attach_card_to_onnx(model, card)
+    src = tmp_path / "tiny.card.onnx"
+    onnx.save(model, str(src))
+    amax = {name: 4.0 for name in tensors_to_observe(model)}
+    amax.setdefault("input", 4.0)
+    ranges = Ranges(amax=amax, method="minmax", num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
+                    preprocess=card.preprocess.to_dict())
+    out = tmp_path / "tiny.int8.engine"
+    if int8_mode == "implicit" and double.version == "11.4.0":
+        with pytest.raises(InputError, match="removed in TensorRT 11"):
+            backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, int8_mode=int8_mode,
+                           profile=PROFILE, progress=False)
+        assert not out.exists()
+        return
+    backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, int8_mode=int8_mode,
+                   profile=PROFILE, progress=False)
+    sidecar = read_sidecar_for(out)
+    assert sidecar.int8["mode"] == int8_mode and sidecar.fingerprint["tensorrt"] == trt_backend.trt_version()
+    with backends.open(out) as runner:
+        logits = runner.infer(_images(5))
+        assert logits.shape == (5, 10) and runner.last_stage_times.h2d_ms is not None
+    header = _engine_header(out)
+    if int8_mode == "implicit":
+        assert header["calibrator"] == "MINMAX_CALIBRATION" and header["int8_scales"]
+    else:
+        assert header["int8_scales"] is None and sidecar.options["layer_precisions"].get("Int8")
