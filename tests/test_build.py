@@ -174,3 +174,26 @@ def test_bad_model_inputs(tmp_path: Path) -> None:
     (tmp_path / "weights.h5").write_bytes(b"x")
     with pytest.raises(InputError, match="expected an .onnx model or a .pt checkpoint"):
         build_artifact(tmp_path / "weights.h5", precision="fp32", quiet=True)
+
+
+def test_cli_build(world: dict[str, Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    runner = CliRunner()
+    args = ["build", str(world["plain"]), "--precision", "fp32", "--calib", str(world["calib"]), "--out",
+            str(tmp_path), "--batch", "1:4:8"]
+    res = runner.invoke(cli, ["-q", *args])
+    assert res.exit_code == 0, res.output
+    assert "onnxruntime" in res.output and "TensorRT unavailable" in res.output
+    assert "top-1 agreement" in res.output and "100.00%" in res.output
+    res = runner.invoke(cli, ["-q", *args, "--force", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["backend"] == "onnxruntime" and data["profile"] == {"min": 1, "opt": 4, "max": 8}
+    assert data["verification"]["top1_agreement"] == 1.0
+    res = runner.invoke(cli, ["-q", "build", str(world["plain"]), "--precision", "int8", "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "Error:" in res.output and "--calib DIR" in res.output
+    res = runner.invoke(cli, ["-q", *args, "--force", "--batch", "4:2:8"])
+    assert res.exit_code == 1 and "min <= opt <= max" in res.output

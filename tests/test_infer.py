@@ -181,3 +181,29 @@ def test_json_and_csv_shapes_and_atomic_writes(artifact: Path, tmp_path: Path) -
 def test_result_round_trips_through_dict() -> None:
     result = InferResult([], [], {"images": 0})
     assert result.to_dict() == {"results": [], "skipped": [], "summary": {"images": 0}}
+
+
+def test_cli_infer(artifact: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        _image(folder / "c1" / f"{i}.png", i)
+    (folder / "c1" / "broken.png").write_bytes(b"")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-q", "infer", str(artifact), str(folder), "--batch", "2", "--top-k", "2"])
+    assert res.exit_code == 0, res.output
+    assert str(folder / "c1" / "0.png") in res.output and "SKIPPED" in res.output
+    assert "images/s" in res.output and "accuracy top-1" in res.output and "inference" in res.output
+    out = tmp_path / "r.csv"
+    res = runner.invoke(cli, ["-q", "infer", str(artifact), str(folder), "--out", str(out), "--strict"])
+    assert res.exit_code == 1 and "skipped (--strict)" in res.output
+    assert len(out.read_text().splitlines()) == 5  # written anyway: header + 3 results + 1 skipped
+    res = runner.invoke(cli, ["-q", "infer", str(artifact), str(folder), "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)["results"]) == 3
+    res = runner.invoke(cli, ["-q", "infer", str(artifact), str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "not found" in res.output
+    res = runner.invoke(cli, ["-q", "infer", str(artifact), str(folder), "--out", str(tmp_path / "r.xml")])
+    assert res.exit_code == 1 and ".json or .csv" in res.output

@@ -126,6 +126,13 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
     if chosen is BackendName.ONNXRUNTIME:
         from edgeres.backends import onnxruntime as ort_backend
 
+        ignored = [name for name, value in (("--workspace", workspace_mb), ("--timing-cache", timing_cache),
+                                            ("--opt-level", opt_level), ("--dla-core", dla_core),
+                                            ("--version-compatible", version_compatible),
+                                            ("--int8-mode implicit", int8_mode == "implicit")) if value]
+        if ignored:
+            log.warning("ONNX Runtime ignores the TensorRT option(s) %s", ", ".join(ignored))
+
         ort_backend.build(src, precision=precision, out=out, card=card, source_onnx_sha256=source_sha,
                           profile=profile, ranges=ranges, int8_provenance=int8_provenance, threads=threads)
         return out
