@@ -315,9 +315,8 @@ def _parse(trt: ModuleType, builder: Any, src: Path, feat: Features, logger: _Lo
     parser = trt.OnnxParser(network, logger.trt_logger)
     if not parser.parse(src.read_bytes(), str(src)):
         raise ModelError(f"TensorRT cannot parse {src.name}: " + "; ".join(_parser_errors(parser, src, feat)))
-    # keep the parser alive as long as the network: its weights live in the parser on older versions
-    network_holder = _NetworkHolder(network, parser, flags)
-    return network_holder
+    # keep the parser alive as long as the network: on older versions the parser owns the weights
+    return _NetworkHolder(network, parser, flags)
 
 
 @dataclass

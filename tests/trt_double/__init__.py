@@ -12,7 +12,6 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from ._cuda import FakeDevice, FakeGpu, make_driver
 from ._surface import VERSIONS, build_module, load_surface
