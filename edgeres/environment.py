@@ -7,11 +7,13 @@ absent, fails or hangs leaves its field None.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,22 +61,32 @@ class Environment:
 
 
 def run_tool(argv: list[str], *, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
-    """Stripped stdout of an external tool, or None when it is absent, fails, or outlives ``timeout_s``."""
+    """Stripped stdout of an external tool, or None when it is absent, fails, or outlives ``timeout_s``.
+
+    The tool runs in its own process group, so a hung tool is killed with whatever it started (a shell script's
+    children would otherwise keep the output pipe open).
+    """
     exe = shutil.which(argv[0])
     if exe is None:
         return None
     try:
-        done = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        log.warning("%s did not answer within %.1f s; leaving it out of the environment record", argv[0], timeout_s)
-        return None
+        proc = subprocess.Popen([exe, *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
     except OSError as exc:
         log.debug("cannot run %s: %s", argv[0], exc)
         return None
-    if done.returncode != 0:
-        log.debug("%s exited with %d: %s", " ".join(argv), done.returncode, done.stderr.strip()[:200])
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        log.warning("%s did not answer within %.1f s; leaving it out of the environment record", argv[0], timeout_s)
         return None
-    return done.stdout.strip() or None
+    if proc.returncode != 0:
+        log.debug("%s exited with %d: %s", " ".join(argv), proc.returncode, err.strip()[:200])
+        return None
+    return out.strip() or None
 
 
 def cpu_model() -> str:
@@ -104,10 +116,10 @@ def gpu_name(*, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
     return out.splitlines()[0].strip() if out else None
 
 
-def jetson_model(*, model_file: Path = _JETSON_MODEL_FILE) -> str | None:
-    """The board name on a Jetson (``NVIDIA Jetson AGX Orin ...``), else None."""
+def jetson_model(*, model_file: Path | None = None) -> str | None:
+    """The board name on a Jetson (``NVIDIA Jetson AGX Orin ...``) from the device tree, else None."""
     try:
-        text = model_file.read_bytes().decode("utf-8", "replace").strip("\x00 \n")
+        text = (model_file or _JETSON_MODEL_FILE).read_bytes().decode("utf-8", "replace").strip("\x00 \n")
     except OSError:
         return None
     return text if "jetson" in text.lower() or "nvidia" in text.lower() else None

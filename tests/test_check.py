@@ -1,0 +1,194 @@
+"""edgeres.check: the gate passes a re-run, fails an injected regression (a slower runner, a worse model), says
+inconclusive on overlapping noisy samples, refuses a mismatched baseline; CLI exit codes and JUnit."""
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeres.card import ModelCard, Preprocess
+from edgeres.check import BaselineMismatch, GateInputError, Tolerances, check, load_baseline
+from edgeres.stats import Verdict
+from test_bench import CLASSES, WORSE_W, SleepRunner, colour_images, colour_model
+
+FAST = {"trials": 5, "trial_iterations": 20, "warmup_s": 0.0, "quiet": True}
+CARD = ModelCard(arch="colour", class_names=CLASSES, preprocess=Preprocess.small(size=16))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Path]:
+    return {"good": colour_model(tmp_path / "good.onnx"), "worse": colour_model(tmp_path / "worse.onnx", weights=WORSE_W),
+            "data": colour_images(tmp_path / "val"), "baseline": tmp_path / "baseline.json", "tmp": tmp_path}
+
+
+def _verdicts(result) -> dict[str, Verdict]:
+    return {r.metric: r.verdict for r in result.rows}
+
+
+def _scale_trials(path: Path, factors: list[float]) -> None:
+    """Make the baseline's latency trials disagree wildly with each other (a very noisy baseline machine)."""
+    data = json.loads(path.read_text())
+    for batch, trials in data["latency"]["trials"].items():
+        data["latency"]["trials"][batch] = [[x * f for x in t] for t, f in zip(trials, factors)]
+    path.write_text(json.dumps(data))
+
+
+def test_update_baseline_records_identity_environment_and_raw_trials(setup: dict[str, Path]) -> None:
+    result = check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True,
+                   batches="1,2", **{**FAST, "trials": 3})
+    assert result.updated and result.exit_code == 0
+    data = json.loads(setup["baseline"].read_text())
+    assert data["kind"] == "edgeres.baseline"
+    assert data["artifact"]["sha256"] == data["environment"]["artifact_sha256"] and data["artifact"]["model_sha256"]
+    assert data["artifact"]["backend"] == "onnxruntime" and data["device"] == data["environment"]["device"]
+    assert data["accuracy"]["top1"] == 100.0 and data["accuracy"]["data"]["images"] == 12
+    trials = data["latency"]["trials"]
+    assert sorted(trials) == ["1", "2"] and all(len(t) == 3 and all(len(s) == 20 for s in t) for t in trials.values())
+    assert load_baseline(setup["baseline"]).latency_trials()[2][0] == trials["2"][0]
+
+
+def test_rerun_of_the_same_artifact_passes(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True,
+          runner=SleepRunner(CARD, ms=4.0), batches=(1,), **FAST)
+    # the p99 of sleep() on a shared 2-core box is the OS scheduler's tail: give it room, judge the median at 10 %
+    result = check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=4.0),
+                   tolerances=Tolerances(latency_p99=1.0), **FAST)
+    verdicts = _verdicts(result)
+    assert verdicts == {"top-1 accuracy": Verdict.PASS, "top-3 accuracy": Verdict.PASS,
+                        "latency median b1": Verdict.PASS, "latency p99 b1": Verdict.PASS}
+    assert result.exit_code == 0 and result.notes == []
+
+
+def test_slower_runner_is_a_regression(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=3.0),
+          batches=(1,), **FAST)
+    result = check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=3.0, extra_ms=3.0), **FAST)
+    row = next(r for r in result.rows if r.metric == "latency median b1")
+    assert row.verdict is Verdict.FAIL and row.now > 1.8 * row.baseline
+    assert "CI" in row.message and result.exit_code == 1
+
+
+def test_overlapping_noisy_samples_are_inconclusive(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=2.0),
+          batches=(1,), **FAST)
+    _scale_trials(setup["baseline"], [0.1, 0.3, 1.0, 3.0, 10.0])
+    result = check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=2.0), **FAST)
+    assert _verdicts(result)["latency median b1"] is Verdict.INCONCLUSIVE
+    assert result.exit_code == 3
+
+
+def test_worse_model_fails_accuracy_and_the_reference_rule(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], data=setup["data"], reference=setup["good"],
+          update_baseline=True, latency=False, quiet=True)
+    same = check(setup["good"], baseline=setup["baseline"], reference=setup["good"], latency=False, quiet=True)
+    assert set(_verdicts(same).values()) == {Verdict.PASS} and len(same.rows) == 4
+    worse = check(setup["worse"], baseline=setup["baseline"], reference=setup["good"], latency=False,
+                  allow_mismatch=True, quiet=True)
+    verdicts = _verdicts(worse)
+    assert verdicts["top-1 accuracy"] is Verdict.FAIL  # only green stays right: 33 %
+    assert verdicts["top-1 vs FP32 reference"] is Verdict.FAIL
+    assert verdicts["top-1 agreement with reference"] is Verdict.FAIL
+    assert worse.exit_code == 1
+    assert any("artifact sha256" in n for n in worse.notes)  # the allowed mismatch is said out loud
+
+
+def test_accuracy_tolerance_is_overridable(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True, latency=False,
+          quiet=True)
+    lenient = check(setup["worse"], baseline=setup["baseline"], latency=False, allow_mismatch=True, quiet=True,
+                    tolerances=Tolerances(accuracy_pp=70.0))
+    assert lenient.exit_code == 0
+    with pytest.raises(GateInputError):
+        Tolerances(accuracy_pp=-1)
+
+
+def test_baseline_of_another_artifact_or_device_is_refused(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True, latency=False,
+          quiet=True)
+    with pytest.raises(BaselineMismatch, match="artifact sha256") as info:
+        check(setup["worse"], baseline=setup["baseline"], latency=False, quiet=True)
+    assert info.value.exit_code == 2
+    data = json.loads(setup["baseline"].read_text())
+    data["environment"]["device"] = "NVIDIA Jetson Orin Nano"
+    setup["baseline"].write_text(json.dumps(data))
+    with pytest.raises(BaselineMismatch, match="device 'NVIDIA Jetson Orin Nano' ->"):
+        check(setup["good"], baseline=setup["baseline"], latency=False, quiet=True)
+
+
+def test_changed_dataset_is_refused(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True, latency=False,
+          quiet=True)
+    shutil.copy(setup["data"] / "red" / "0.png", setup["data"] / "red" / "extra.png")
+    with pytest.raises(BaselineMismatch, match="dataset differs.*12 images.*13"):
+        check(setup["good"], baseline=setup["baseline"], latency=False, quiet=True)
+
+
+def test_input_errors(setup: dict[str, Path]) -> None:
+    with pytest.raises(GateInputError, match="not found"):
+        check(setup["good"], baseline=setup["baseline"], latency=False, quiet=True)
+    setup["baseline"].write_text('{"kind": "edgeres.bench"}')
+    with pytest.raises(GateInputError, match="not an edgeres baseline"):
+        check(setup["good"], baseline=setup["baseline"], latency=False, quiet=True)
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=0.1),
+          batches=(1,), **FAST)
+    with pytest.raises(GateInputError, match="no accuracy"):
+        check(setup["good"], baseline=setup["baseline"], data=setup["data"], latency=False, quiet=True)
+    with pytest.raises(GateInputError, match="no latency for batch"):
+        check(setup["good"], baseline=setup["baseline"], batches=(2,), runner=SleepRunner(CARD, ms=0.1), **FAST)
+    with pytest.raises(GateInputError, match="needs labelled images"):
+        check(setup["good"], baseline=setup["baseline"], reference=setup["good"], update_baseline=True,
+              latency=False, quiet=True)
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------
+
+def _cli(*args: str):
+    from cli import cli
+
+    return CliRunner().invoke(cli, ["-q", "check", *map(str, args)])
+
+
+def test_cli_pass_fail_and_junit(setup: dict[str, Path]) -> None:
+    junit = setup["tmp"] / "junit.xml"
+    res = _cli(setup["good"], "--baseline", setup["baseline"], "--data", setup["data"], "--update-baseline",
+               "--no-latency")
+    assert res.exit_code == 0, res.output
+    assert "baseline written" in res.output
+    res = _cli(setup["good"], "--baseline", setup["baseline"], "--no-latency", "--junit", junit)
+    assert res.exit_code == 0, res.output
+    assert "verdict: PASS" in res.output
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0" and len(suite.findall("testcase")) == 2
+    res = _cli(setup["worse"], "--baseline", setup["baseline"], "--no-latency", "--allow-mismatch", "--junit", junit,
+               "--report", setup["tmp"] / "check.md")
+    assert res.exit_code == 1, res.output
+    assert "FAIL (regression)" in res.output and "baseline mismatch allowed" in res.output
+    failures = ET.parse(junit).getroot().findall(".//testcase/failure")
+    assert len(failures) == 1 and "top-1" in failures[0].get("message", "")
+    assert "| top-1 accuracy | 100.00% | 33.33% |" in (setup["tmp"] / "check.md").read_text()
+
+
+def test_cli_mismatch_and_missing_baseline_exit_2(setup: dict[str, Path]) -> None:
+    res = _cli(setup["good"], "--baseline", setup["baseline"], "--no-latency")
+    assert res.exit_code == 2 and "Error:" in res.output and "not found" in res.output
+    assert _cli(setup["good"], "--baseline", setup["baseline"], "--data", setup["data"], "--update-baseline",
+                "--no-latency").exit_code == 0
+    res = _cli(setup["worse"], "--baseline", setup["baseline"], "--no-latency")
+    assert res.exit_code == 2 and "--allow-mismatch" in res.output
+    assert _cli(setup["good"], "--baseline", setup["baseline"], "--tol-latency", "-1").exit_code == 2
+
+
+def test_cli_inconclusive_latency_exit_3(setup: dict[str, Path]) -> None:
+    res = _cli(setup["good"], "--baseline", setup["baseline"], "--update-baseline", "--batch", "1", "--trials", "5",
+               "--trial-duration", "20ms")
+    assert res.exit_code == 0, res.output
+    _scale_trials(setup["baseline"], [0.1, 0.3, 1.0, 3.0, 10.0])
+    res = _cli(setup["good"], "--baseline", setup["baseline"], "--trials", "5", "--trial-duration", "20ms", "--json")
+    assert res.exit_code == 3, res.output
+    verdict = json.loads(res.output)
+    assert verdict["verdict"] == "INCONCLUSIVE" and verdict["exit_code"] == 3
+    assert {r["metric"] for r in verdict["rows"]} == {"latency median b1", "latency p99 b1"}
