@@ -359,7 +359,7 @@ def test_without_gpu_or_tensorrt_nothing_is_created(monkeypatch, fp32_onnx, tmp_
     assert not ok and "TensorRT" in why
     install(monkeypatch, "10.13.3", with_pycuda=False)
     ok, why = trt_backend.is_available()
-    assert not ok and "pycuda" in why.lower() or "CUDA" in why
+    assert not ok and "pycuda cannot be imported" in why
     install(monkeypatch, "11.4.0")
     ok, why = trt_backend.is_available()
     assert ok and "TensorRT 11.4.0.106" in why

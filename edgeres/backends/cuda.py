@@ -54,12 +54,15 @@ class DeviceInfo:
     driver_version: int  # e.g. 12020
 
 
-def device_count() -> int:
-    """Number of CUDA devices (0 when pycuda or the driver is missing)."""
+def device_count() -> tuple[int, str]:
+    """Number of CUDA devices and, when there is none, why (no pycuda, no driver, no device); never raises."""
     try:
-        return int(driver().Device.count())
-    except BackendUnavailable:
-        return 0
+        count = int(driver().Device.count())
+    except BackendUnavailable as exc:
+        return 0, str(exc)
+    except Exception as exc:  # noqa: BLE001 - any driver error means "no usable device"
+        return 0, f"CUDA device query failed ({exc})"
+    return count, "" if count else "no CUDA device (the driver sees none)"
 
 
 def device_info(ordinal: int = 0) -> DeviceInfo:

@@ -56,9 +56,9 @@ def is_available() -> tuple[bool, str]:
     an object that crashes the process on first use.
     """
     try:
-        count = cu.device_count()
+        count, why = cu.device_count()
         if count == 0:
-            return False, "no CUDA device (or no pycuda/driver)"
+            return False, why
         info = cu.device_info(0)
         trt = _trt()
         features = Features.detect(trt)
