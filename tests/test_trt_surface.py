@@ -311,3 +311,53 @@ def test_surfaces_are_what_the_tool_records() -> None:
         assert "createInferBuilder_INTERNAL" in surface["source"]["stubbed_symbols"]
         sigs = surface["classes"]["IExecutionContext"]["methods"]["execute_async_v3"]
         assert sigs and "stream_handle" in sigs[0]
+
+
+def test_pycuda_double_enforces_context_rules() -> None:
+    import threading
+
+    import numpy as np
+
+    gpu = FakeGpu()
+    drv = make_driver(gpu)
+    with pytest.raises(drv.LogicError):
+        drv.Device.count()  # before init()
+    drv.init()
+    ctx = drv.Device(0).make_context()
+    alloc = drv.mem_alloc(64)
+    drv.Context.pop()
+    with pytest.raises(drv.LogicError, match="explicit_context_dependent"):
+        drv.mem_alloc(16)  # no context pushed on this thread
+    errors = []
+
+    def other_thread() -> None:
+        try:
+            drv.Stream()
+        except drv.LogicError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert errors and "explicit_context_dependent" in str(errors[0])  # the autoinit trap
+    ctx.push()
+    stream = drv.Stream()
+    host = drv.pagelocked_empty((16,), np.float32)
+    host[:] = 7.0
+    back = drv.pagelocked_empty((16,), np.float32)
+    back[:] = 0.0
+    drv.memcpy_htod_async(alloc, host, stream)
+    drv.memcpy_dtoh_async(back, alloc, stream)
+    start, end = drv.Event(), drv.Event()
+    start.record(stream)
+    end.record(stream)
+    assert not back.any(), "async work runs only when the stream is synchronised"
+    with pytest.raises(drv.LogicError, match="not ready"):
+        start.time_till(end)
+    stream.synchronize()
+    assert (back == 7.0).all() and start.time_till(end) >= 0
+    with pytest.raises(drv.RuntimeError, match="illegal memory access"):
+        drv.memcpy_htod(int(alloc) + 32, np.zeros(16, np.float32))  # 64 bytes past a 32-byte tail
+    drv.Context.pop()
+    ctx.detach()
+    assert not gpu.memory and not gpu.stack()
