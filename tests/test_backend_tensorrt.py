@@ -365,11 +365,26 @@ def test_without_gpu_or_tensorrt_nothing_is_created(monkeypatch, fp32_onnx, tmp_
     assert ok and "TensorRT 11.4.0.106" in why
 
 
-def test_cuda_graph_option_is_refused_clearly(double, fp32_onnx, tmp_path, card) -> None:
+def test_cuda_graph_captures_once_per_batch_size_and_replays(double, fp32_onnx, tmp_path, card) -> None:
     out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
-    with pytest.raises(BackendUnavailable, match="cuda-graph"):
+    with trt_backend.TensorRTRunner(out, cuda_graph=True) as runner:
+        outputs = [runner.infer(_images(4, seed=s)) for s in (1, 2, 3)]  # warm-up + capture, then 2 replays
+        replay_times = runner.last_stage_times
+        partial = runner.infer(_images(3, seed=4))  # another size: its own warm-up + capture
+    for s, got in zip((1, 2, 3), outputs):  # a replay reads the pinned input anew: fresh data, fresh logits
+        np.testing.assert_allclose(got, _reference(fp32_onnx, _images(4, seed=s)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(partial, _reference(fp32_onnx, _images(3, seed=4)), rtol=1e-4, atol=1e-5)
+    kinds = [entry[0] for entry in double.gpu.log]
+    assert kinds.count("graph_launch") == 2 and kinds.count("execute") == 4  # 4-batch: 1 + 2 replays; 3-batch: 1
+    assert replay_times.compute_ms >= 0 and replay_times.h2d_ms is None and replay_times.d2h_ms is None
+
+
+def test_cuda_graph_needs_pycuda_stream_capture(double, fp32_onnx, tmp_path, card, monkeypatch) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    monkeypatch.delattr(double.cuda.Stream, "begin_capture")  # a pycuda older than 2022.2
+    with pytest.raises(BackendUnavailable, match="--cuda-graph needs pycuda 2022.2"):
         trt_backend.TensorRTRunner(out, cuda_graph=True)
-    assert not double.gpu.contexts, "refused before any CUDA context was made"
+    assert all(not c.alive for c in double.gpu.contexts) and not double.gpu.stack(), "context released on failure"
 
 
 @pytest.mark.parametrize("int8_mode", ["explicit", "implicit"])

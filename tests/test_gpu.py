@@ -192,3 +192,30 @@ def test_real_runner_used_from_another_thread(tiny, tmp_path: Path) -> None:
     runner.close()
     assert "error" not in result, result.get("error")
     assert result["out"].shape == (3, 10)
+
+
+@needs_trt
+def test_real_cuda_graph_replays_match_plain_runs(tiny, tmp_path: Path) -> None:
+    import pycuda.driver as cuda
+
+    from edgeres.backends import tensorrt as trt_backend
+    from edgeres.backends.base import BatchProfile, Precision
+    from edgeres.card import ModelCard
+    from edgeres.errors import BackendUnavailable
+    from edgeres.io import sha256_file
+
+    fp32, _ = tiny
+    out = tmp_path / "tiny.graph.engine"
+    trt_backend.build_engine(fp32, out=out, precision=Precision.FP32, card=ModelCard("tiny", [str(i) for i in range(10)]),
+                             source_onnx_sha256=sha256_file(fp32), profile=BatchProfile(1, 4, 8), progress=False)
+    if not hasattr(cuda.Stream, "begin_capture"):  # pycuda < 2022.2: the option is refused, clearly
+        with pytest.raises(BackendUnavailable, match="cuda-graph"):
+            trt_backend.TensorRTRunner(out, cuda_graph=True)
+        return
+    batches = [np.random.default_rng(s).standard_normal((4, 3, 32, 32)).astype(np.float32) for s in range(3)]
+    with trt_backend.TensorRTRunner(out) as plain:
+        expected = [plain.infer(b) for b in batches]
+    with trt_backend.TensorRTRunner(out, cuda_graph=True) as graphed:
+        got = [graphed.infer(b) for b in batches]  # warm-up + capture, then two replays
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-4, rtol=0)

@@ -55,8 +55,8 @@ CUDA_MODULE = {"cuda", "self._cuda", "self.cuda"}
 # per source file: local names / attributes holding pycuda objects
 CUDA_OBJECTS = {
     "cuda.py": {"dev": "Device", "self._ctx": "Context", "self.device": "DeviceAllocation", "a": "Event",
-                "b": "Event", "c": "Event"},
-    "tensorrt.py": {"self._stream": "Stream"},
+                "b": "Event", "c": "Event", "start": "Event"},
+    "tensorrt.py": {"self._stream": "Stream", "graph": "Graph"},
 }
 # pycuda.driver's documented API (https://documen.tician.de/pycuda/driver.html) for what edgeres may call
 PYCUDA_API = {
@@ -68,6 +68,8 @@ PYCUDA_API = {
     "Context.synchronize", "Context.get_device", "Stream.handle", "Stream.synchronize", "Stream.is_done",
     "Event.record", "Event.synchronize", "Event.query", "Event.time_till", "Event.time_since",
     "DeviceAllocation.free", "device_attribute.INTEGRATED",
+    # CUDA graphs, pycuda 2022.2+ (feature-detected by the runner; not checked on a GPU from this project yet)
+    "Stream.begin_capture", "Stream.end_capture", "Graph", "Graph.instantiate", "GraphExec", "GraphExec.launch",
 }
 
 

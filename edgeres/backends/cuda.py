@@ -149,6 +149,11 @@ class StageEvents:
         a, b, c, d = self.marks
         return a.time_till(b), b.time_till(c), c.time_till(d)
 
+    def span(self, first: int, last: int) -> float:
+        """Milliseconds between two recorded marks (after the stream is synchronised)."""
+        start, end = self.marks[first], self.marks[last]
+        return start.time_till(end)
+
 
 def copy_batch_in(cuda: ModuleType, buf: Buffer, batch: np.ndarray, stream: Any) -> None:
     """Stage ``batch`` in the pinned array and queue its copy to the device."""

@@ -550,7 +550,9 @@ class TensorRTRunner:
     """A TensorRT engine ready to run batches (a context manager); see :class:`edgeres.backends.base.Runner`.
 
     The CUDA context is created explicitly on open and pushed/popped around each call, so the runner may be used
-    from a thread other than the one that opened it (one call at a time).
+    from a thread other than the one that opened it (one call at a time). With ``cuda_graph=True`` the first
+    call of each batch size runs normally (TensorRT's warm-up) and is captured; later calls of that size replay
+    the graph, and ``last_stage_times`` then has only ``compute_ms`` (the whole graph).
     """
 
     backend = "tensorrt"
@@ -562,8 +564,8 @@ class TensorRTRunner:
         self.precision = sidecar.precision
         self.profile = BatchProfile(**sidecar.profile)
         self.last_stage_times: StageTimes | None = None
-        if cuda_graph:
-            raise BackendUnavailable("--cuda-graph is not supported by edgeres's TensorRT runner yet; run without it")
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[int, Any] = {}  # batch size -> instantiated CUDA graph of H2D + execute + D2H
         trt = _trt()
         ok, why = is_available()
         if not ok:
@@ -612,6 +614,9 @@ class TensorRTRunner:
             self._context.set_tensor_address(name, self._buffers[name].ptr)
         self._stream = cuda.Stream()
         self._events = cu.StageEvents(cuda)
+        if self.cuda_graph and not hasattr(self._stream, "begin_capture"):  # graph capture: pycuda 2022.2+
+            raise BackendUnavailable("--cuda-graph needs pycuda 2022.2 or newer (stream capture); upgrade pycuda "
+                                     "or run without --cuda-graph")
 
     def __enter__(self) -> TensorRTRunner:
         return self
@@ -636,8 +641,8 @@ class TensorRTRunner:
             results.append(out)
             times.append(stage)
         self.last_stage_times = StageTimes(
-            compute_ms=sum(t.compute_ms for t in times), h2d_ms=sum(t.h2d_ms or 0.0 for t in times),
-            d2h_ms=sum(t.d2h_ms or 0.0 for t in times), total_ms=sum(t.total_ms for t in times))
+            compute_ms=sum(t.compute_ms for t in times), h2d_ms=_sum_or_none(t.h2d_ms for t in times),
+            d2h_ms=_sum_or_none(t.d2h_ms for t in times), total_ms=sum(t.total_ms for t in times))
         return results[0] if len(results) == 1 else np.concatenate(results)
 
     def _run_chunk(self, chunk: np.ndarray) -> tuple[np.ndarray, StageTimes]:
@@ -645,6 +650,8 @@ class TensorRTRunner:
         t0 = time.perf_counter()
         with self._lock, self._ctx.active() as cuda:
             inp, out = self._buffers[self._input], self._buffers[self._output]
+            if n in self._graphs:
+                return self._replay(n, chunk, t0)
             if not self._context.set_input_shape(self._input, (n, *inp.host.shape[1:])):
                 raise BackendError(f"TensorRT refused batch {n} for {self._input} (profile {self.profile}): "
                                    f"{self._logger.last_errors('shape outside the profile')}")
@@ -661,8 +668,38 @@ class TensorRTRunner:
             self._stream.synchronize()
             h2d, compute, d2h = ev.millis()
             result = out.host[:n].astype(np.float32, copy=True)
+            if self.cuda_graph:  # this first run was the warm-up TensorRT wants before capture
+                self._capture(cuda, n)
         total = (time.perf_counter() - t0) * 1000.0
         return result, StageTimes(compute_ms=compute, h2d_ms=h2d, d2h_ms=d2h, total_ms=total)
+
+    def _capture(self, cuda: ModuleType, n: int) -> None:
+        """Record H2D -> execute_async_v3 -> D2H for batch ``n`` as one CUDA graph (shapes and pointers fixed)."""
+        inp, out = self._buffers[self._input], self._buffers[self._output]
+        self._stream.begin_capture()
+        try:
+            cuda.memcpy_htod_async(inp.device, inp.host[:n], self._stream)
+            ok = self._context.execute_async_v3(self._stream.handle)
+            cuda.memcpy_dtoh_async(out.host[:n], out.device, self._stream)
+        finally:
+            graph = self._stream.end_capture()
+        if not ok:
+            raise BackendError(f"TensorRT could not be captured in a CUDA graph for batch {n}; run without "
+                               f"--cuda-graph ({self._logger.last_errors('execute_async_v3 returned False')})")
+        self._graphs[n] = graph.instantiate()
+
+    def _replay(self, n: int, chunk: np.ndarray, t0: float) -> tuple[np.ndarray, StageTimes]:
+        """Launch the graph of batch ``n``; the stages are one graph, so only their sum is timed."""
+        inp, out = self._buffers[self._input], self._buffers[self._output]
+        inp.host[:n] = chunk
+        ev = self._events
+        ev.record(0, self._stream)
+        self._graphs[n].launch(self._stream)
+        ev.record(3, self._stream)
+        self._stream.synchronize()
+        compute = ev.span(0, 3)
+        result = out.host[:n].astype(np.float32, copy=True)
+        return result, StageTimes(compute_ms=compute, total_ms=(time.perf_counter() - t0) * 1000.0)
 
     def close(self) -> None:
         """Free device memory and release the CUDA context (idempotent)."""
@@ -674,6 +711,7 @@ class TensorRTRunner:
                 for buf in self._buffers.values():
                     buf.free()
                 self._buffers.clear()
+                self._graphs.clear()
                 for attr in ("_context", "_engine", "_runtime", "_stream", "_events"):
                     self.__dict__.pop(attr, None)  # TensorRT objects die while the context is current
         except BackendError:
@@ -681,3 +719,9 @@ class TensorRTRunner:
         finally:
             ctx.close()
             self._ctx = None
+
+
+def _sum_or_none(values: Any) -> float | None:
+    """Sum of stage times, None when a stage was not measured (a CUDA-graph replay times only the whole)."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None

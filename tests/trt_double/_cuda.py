@@ -253,13 +253,29 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
                 self.handle = 0x5000 + len(gpu.streams) + 1
                 gpu.streams[self.handle] = self
             self.queue: list[Callable[[], None]] = []
+            self.captured: list[Callable[[], None]] | None = None
 
         def enqueue(self, op: Callable[[], None]) -> None:
             if gpu.stack() and gpu.stack()[-1] is not self.ctx:
                 raise LogicError("stream of another context used (cuStream*: invalid handle)")
-            self.queue.append(op)
+            (self.queue if self.captured is None else self.captured).append(op)
+
+        # CUDA graphs (pycuda 2022.2+): work enqueued while capturing is recorded, not run
+        def begin_capture(self, capture_mode: int = 0) -> None:
+            gpu.current("cuStreamBeginCapture")
+            if self.captured is not None:
+                raise LogicError("cuStreamBeginCapture failed: stream is already capturing")
+            self.captured = []
+
+        def end_capture(self) -> Graph:
+            if self.captured is None:
+                raise LogicError("cuStreamEndCapture failed: stream is not capturing")
+            ops, self.captured = self.captured, None
+            return Graph(ops)
 
         def synchronize(self) -> None:
+            if self.captured is not None:
+                raise LogicError("cuStreamSynchronize failed: operation not permitted when stream is capturing")
             ctx = gpu.current("cuStreamSynchronize")
             if ctx is not self.ctx:
                 raise LogicError("cuStreamSynchronize failed: invalid resource handle (stream of another context)")
@@ -268,6 +284,25 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
 
         def is_done(self) -> bool:
             return not self.queue
+
+    class Graph:
+        def __init__(self, ops: list[Callable[[], None]]) -> None:
+            self.ops = list(ops)
+
+        def instantiate(self) -> GraphExec:
+            gpu.current("cuGraphInstantiate")
+            return GraphExec(self.ops)
+
+    class GraphExec:
+        def __init__(self, ops: list[Callable[[], None]]) -> None:
+            self.ops = ops
+
+        def launch(self, stream: Stream | None = None) -> None:
+            if stream is None:
+                raise LogicError("the double requires an explicit stream for GraphExec.launch")
+            stream.enqueue(lambda: gpu.log.append(("graph_launch", len(self.ops))))
+            for op in self.ops:
+                stream.enqueue(op)
 
     def memcpy_htod_async(dest: Any, src: np.ndarray, stream: Stream | None = None) -> None:
         gpu.current("cuMemcpyHtoDAsync")
@@ -351,7 +386,7 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
 
     for name, value in dict(init=init, Device=Device, Context=Context, DeviceAllocation=DeviceAllocation,
                             mem_alloc=mem_alloc, mem_get_info=mem_get_info, pagelocked_empty=pagelocked_empty,
-                            Stream=Stream, Event=Event, memcpy_htod_async=memcpy_htod_async,
+                            Stream=Stream, Event=Event, Graph=Graph, GraphExec=GraphExec, memcpy_htod_async=memcpy_htod_async,
                             memcpy_dtoh_async=memcpy_dtoh_async, memcpy_htod=memcpy_htod, memcpy_dtoh=memcpy_dtoh,
                             get_version=get_version, get_driver_version=get_driver_version,
                             device_attribute=device_attribute, ctx_flags=ctx_flags, Error=Error,
