@@ -390,19 +390,13 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
             notes += _check_identity(base, now, allow_mismatch, baseline)
         data = _resolve_data(data, base, reference)
         if data is not None:
+            reference = _resolve_reference(reference, base, notes)
             now.accuracy = evaluate(artifact, data, batch=_accuracy_batch(runner), reference=reference,
                                     threads=threads, quiet=quiet)
             if reference is not None:
-                now.accuracy["reference"]["sha256"] = sha256_file(reference)
-            if base is not None and base.accuracy["data"]["digest"] != now.accuracy["data"]["digest"]:
-                msg = (f"dataset differs from the baseline's ({base.accuracy['data']['images']} images in "
-                       f"{base.accuracy['data']['root']} -> {now.accuracy['data']['images']} in "
-                       f"{now.accuracy['data']['root']})")
-                if not allow_mismatch:
-                    raise BaselineMismatch(f"{msg}; check on the same folder, pass --allow-mismatch, or "
-                                           "--update-baseline")
-                notes.append(msg)
-                log.warning("%s", msg)
+                now.accuracy["reference"].update(path=str(Path(reference).resolve()), sha256=sha256_file(reference))
+            if base is not None:
+                notes += _compare_accuracy_inputs(base, now, allow_mismatch)
         if latency and (base is None or base.latency):
             sizes = _latency_batches(batches, base, runner)
             trials_ms = measure_latency(runner, batches=sizes, trials=trials, trial_duration_s=trial_duration_s,
@@ -454,6 +448,39 @@ def _resolve_data(data: str | Path | None, base: Baseline | None, reference: str
     if reference is not None:
         raise GateInputError("--reference needs labelled images: pass --data DIR")
     return None
+
+
+def _resolve_reference(reference: str | Path | None, base: Baseline | None, notes: list[str]) -> Path | None:
+    """The reference model: the one given, else the baseline's when its file is still there."""
+    if reference is not None:
+        return Path(reference)
+    stored = ((base.accuracy or {}).get("reference") or {}) if base is not None else {}
+    if not stored.get("path"):
+        return None
+    if Path(stored["path"]).is_file():
+        notes.append(f"reference model from the baseline: {stored['path']}")
+        return Path(stored["path"])
+    notes.append(f"the baseline's reference {stored['path']} is gone; the reference rule was not checked "
+                 "(pass --reference)")
+    return None
+
+
+def _compare_accuracy_inputs(base: Baseline, now: Baseline, allow_mismatch: bool) -> list[str]:
+    """Refuse (or, allowed, note) a dataset that differs from the baseline's; note a different reference."""
+    notes = []
+    old, new = base.accuracy or {}, now.accuracy or {}
+    if old["data"]["digest"] != new["data"]["digest"]:
+        msg = (f"dataset differs from the baseline's ({old['data']['images']} images in {old['data']['root']} -> "
+               f"{new['data']['images']} in {new['data']['root']})")
+        if not allow_mismatch:
+            raise BaselineMismatch(f"{msg}; check on the same folder, pass --allow-mismatch, or --update-baseline")
+        log.warning("%s", msg)
+        notes.append(msg)
+    old_ref, new_ref = old.get("reference") or {}, new.get("reference") or {}
+    if old_ref.get("sha256") and new_ref.get("sha256") and old_ref["sha256"] != new_ref["sha256"]:
+        notes.append(f"the reference model differs from the baseline's (sha256 {old_ref['sha256'][:12]} -> "
+                     f"{new_ref['sha256'][:12]}): agreement compares different references")
+    return notes
 
 
 def _latency_batches(batches: Sequence[int] | str | None, base: Baseline | None, runner: Runner) -> list[int]:

@@ -61,15 +61,32 @@ def colour_images(root: Path, *, per_class: int = 4, size: int = 20, seed: int =
     return root
 
 
+class VirtualClock:
+    """A clock that only moves when a runner says so: swapped in for the timing loops' clock, it makes latency
+    verdicts deterministic on a loaded machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class SleepRunner:
-    """A runner whose every call takes ``ms`` (plus ``extra_ms``): latency injection without a model."""
+    """A runner whose every call takes ``ms`` (plus ``extra_ms``): latency injection without a model.
+
+    With a :class:`VirtualClock` it advances that clock instead of sleeping, by ``ms`` times a seeded lognormal
+    jitter of relative spread ``jitter``.
+    """
 
     backend = "onnxruntime"
     precision = "fp32"
 
     def __init__(self, card: ModelCard, *, ms: float, extra_ms: float = 0.0,
-                 profile: BatchProfile = BatchProfile(1, 8, 32), stages: bool = False) -> None:
+                 profile: BatchProfile = BatchProfile(1, 8, 32), stages: bool = False,
+                 clock: VirtualClock | None = None, jitter: float = 0.0, seed: int = 0) -> None:
         self.card, self.ms, self.extra_ms, self.profile, self.stages = card, ms, extra_ms, profile, stages
+        self.clock, self.jitter, self.rng = clock, jitter, np.random.default_rng(seed)
         self.last_stage_times: StageTimes | None = None
         self.calls = 0
 
@@ -80,7 +97,11 @@ class SleepRunner:
         self.close()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        time.sleep((self.ms + self.extra_ms) / 1e3)
+        ms = self.ms + self.extra_ms
+        if self.clock is None:
+            time.sleep(ms / 1e3)
+        else:
+            self.clock.now += ms * float(self.rng.lognormal(0.0, self.jitter)) / 1e3
         self.calls += 1
         if self.stages:  # a GPU-like split with fixed, known stage times
             self.last_stage_times = StageTimes(compute_ms=1.0, h2d_ms=0.25, d2h_ms=0.125, total_ms=1.375)
@@ -88,6 +109,15 @@ class SleepRunner:
 
     def close(self) -> None:
         pass
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
+    import edgeres.bench
+
+    clock = VirtualClock()
+    monkeypatch.setattr(edgeres.bench, "_clock", clock)
+    return clock
 
 
 @pytest.fixture
@@ -128,6 +158,12 @@ def test_batches_outside_the_profile_are_skipped_with_a_note(tmp_path: Path) -> 
         bench(fixed, batches=(1, 2), warmup_s=0, iterations=3, preprocess=False, quiet=True)
 
 
+def test_real_sleep_is_measured_in_wall_time(model: Path) -> None:
+    card = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16))
+    calls = time_calls(SleepRunner(card, ms=2.0), np.zeros((1, 3, 16, 16), np.float32), iterations=5)
+    assert min(calls.latency_ms) >= 2.0 and calls.wall_s * 1e3 >= sum(calls.latency_ms)
+
+
 def test_stage_split_and_no_transfers_use_the_runner_stage_times(model: Path) -> None:
     card = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16))
     runner = SleepRunner(card, ms=0.5, stages=True)
@@ -141,12 +177,13 @@ def test_stage_split_and_no_transfers_use_the_runner_stage_times(model: Path) ->
     assert compute_only.results[0].samples_ms == [1.0] * 5
 
 
-def test_duration_loop_runs_at_least_the_duration_and_the_minimum_calls(model: Path) -> None:
+def test_duration_loop_runs_at_least_the_duration_and_the_minimum_calls(virtual_clock: VirtualClock) -> None:
     card = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16))
-    runner = SleepRunner(card, ms=1.0)
-    calls = time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=0.03, min_iterations=3)
-    assert calls.wall_s >= 0.03 and len(calls.latency_ms) >= 3
-    assert min(calls.latency_ms) >= 1.0
+    runner = SleepRunner(card, ms=1.0, clock=virtual_clock)
+    calls = time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=0.0305, warmup_s=0.0101,
+                       min_iterations=3)
+    assert runner.calls == 11 + 31  # warm-up until 10.1 ms have passed, then until 30.5 ms have
+    assert calls.latency_ms == pytest.approx([1.0] * 31) and calls.wall_s == pytest.approx(0.031)
     few = time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=1e-6, min_iterations=4)
     assert len(few.latency_ms) == 4
     with pytest.raises(InputError):
@@ -221,3 +258,15 @@ def test_cli_bench_rejects_bad_durations_and_both_limits(model: Path) -> None:
     assert res.exit_code == 2 and "duration" in res.output
     res = CliRunner().invoke(cli, ["bench", str(model), "--duration", "1s", "--iterations", "3"])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_built_artifact_is_described_by_its_sidecar(model: Path, tmp_path: Path) -> None:
+    from edgeres import backends
+    from edgeres.io import sha256_file
+
+    built = backends.build(model, backend="onnxruntime", precision="fp32", out=tmp_path / "colour.fp32.onnx")
+    info = describe_artifact(built)
+    assert info.sha256 == sha256_file(built) and info.model_sha256 == sha256_file(model)
+    assert (info.backend, info.precision, info.arch) == ("onnxruntime", "fp32", "colour")
+    result = bench(built, batches=(2,), warmup_s=0, iterations=3, preprocess=False, quiet=True)
+    assert result.artifact == info and result.profile == "1:8:32"
