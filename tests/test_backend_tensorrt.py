@@ -203,6 +203,27 @@ def test_int8_implicit_from_cache(double, fp32_onnx: Path, tmp_path: Path, card)
     np.testing.assert_allclose(results[1], _reference(fp32_onnx, _images(3, seed=3)), rtol=1e-4, atol=1e-5)
 
 
+def test_int8_implicit_calibrated_on_the_device(double, fp32_onnx, tmp_path, card) -> None:
+    cache = tmp_path / "device.cache"
+    data = [_images(4, seed=s) for s in range(3)] + [_images(2, seed=9)]  # the short last batch is skipped
+    if double.version == "11.4.0":
+        with pytest.raises(InputError, match="removed in TensorRT 11"):
+            _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache,
+                   calibration_data=data)
+        assert all(not c.alive for c in double.gpu.contexts)
+        return
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit",
+                          calibration_cache=cache, calibration_data=iter(data))
+    amax = max(float(np.abs(b).max()) for b in data[:3])
+    assert _engine_header(out)["int8_scales"] == pytest.approx({"input": amax / 127})  # computed from device memory
+    assert sidecar.int8["calibrated_on_device"] and sidecar.int8["calibration_batches"] == 3
+    header = f"TRT-{version_int(double.trt.__version__)}-EntropyCalibration2"
+    assert cache.read_text().splitlines()[0] == header == sidecar.int8["cache_header"]
+    assert not double.gpu.memory and not double.gpu.stack(), "calibration memory and context released"
+    again, _ = _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache)
+    assert _engine_header(again)["int8_scales"] == pytest.approx({"input": amax / 127}), "the saved cache is reused"
+
+
 @pytest.mark.parametrize("version", ["8.6.1", "10.13.3"])  # 11.x has no calibrators (see the test above)
 def test_int8_implicit_minmax_cache_picks_minmax_calibrator(version, monkeypatch, fp32_onnx, tmp_path, card) -> None:
     install(monkeypatch, version)

@@ -27,6 +27,7 @@ BRANCH_ONLY = {
     "IInt8EntropyCalibrator2": PRE_11,  # implicit INT8
     "IInt8MinMaxCalibrator": PRE_11,
     "IBuilderConfig.int8_calibrator": PRE_11,
+    "IInt8EntropyCalibrator2.__init__": PRE_11,
     "IInt8EntropyCalibrator2.get_batch_size": PRE_11,
     "IInt8EntropyCalibrator2.get_batch": PRE_11,
     "IInt8EntropyCalibrator2.read_calibration_cache": PRE_11,
@@ -51,7 +52,7 @@ TRT_OBJECTS = {
     "net.network": "INetworkDefinition", "net.parser": "OnnxParser",
 }
 TRT_MODULE = {"trt", "self._trt"}
-CUDA_MODULE = {"cuda", "self._cuda", "self.cuda"}
+CUDA_MODULE = {"cuda", "self._cuda", "self.cuda", "ctx.cuda"}
 # per source file: local names / attributes holding pycuda objects
 CUDA_OBJECTS = {
     "cuda.py": {"dev": "Device", "self._ctx": "Context", "self.device": "DeviceAllocation", "a": "Event",

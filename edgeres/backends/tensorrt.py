@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -184,7 +184,8 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
                  profile: BatchProfile = BatchProfile(), int8_mode: str = "explicit",
                  calibration_cache: Path | None = None, workspace_mb: int | None = None,
                  timing_cache: Path | None = None, opt_level: int | None = None, dla_core: int | None = None,
-                 version_compatible: bool = False, progress: bool = True) -> Sidecar:
+                 version_compatible: bool = False, progress: bool = True,
+                 calibration_data: Iterable[np.ndarray] | None = None) -> Sidecar:
     """Build a TensorRT engine from ONNX and write it with its sidecar, atomically.
 
     Args:
@@ -195,13 +196,16 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
         source_onnx_sha256: hash of the FP32 ONNX the artifact descends from.
         profile: batch sizes (min/opt/max) of the optimization profile.
         int8_mode: "explicit" (Q/DQ ONNX, every version) or "implicit" (calibration cache; 8.5-10.x only).
-        calibration_cache: the cache written by ``calibration.trt_cache.write`` (implicit mode).
+        calibration_cache: the cache written by ``calibration.trt_cache.write`` (implicit mode); with
+            ``calibration_data``, where TensorRT's own cache is written after calibrating.
         workspace_mb: builder workspace limit; default: TensorRT's, or half the available memory on a Jetson.
         timing_cache: a timing cache file, read when present and written back after the build.
         opt_level: builder optimization level (0-5; TensorRT's default 3).
         dla_core: build for this DLA core (Jetson AGX Orin: 0 or 1), GPU fallback for unsupported layers.
         version_compatible: build an engine later TensorRT versions of the same major can run.
         progress: show build progress on stderr.
+        calibration_data: implicit mode only: calibrate on the device instead of reading a cache, from these
+            preprocessed float32 batches (N, *input shape), all of one size within the profile; fed through pycuda.
 
     Returns:
         The sidecar written beside the engine.
@@ -224,6 +228,24 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
     trt = _trt()
     feat = Features.detect(trt)
     fingerprint = machine_fingerprint(trt)
+    on_device = calibration_data is not None and precision is Precision.INT8 and int8_mode == "implicit"
+    ctx = cu.CudaContext(0) if on_device else None  # calibration batches live in device memory during the build
+    try:
+        return _build(trt, feat, fingerprint, onnx_path, out=out, precision=precision, card=card,
+                      source_onnx_sha256=source_onnx_sha256, profile=profile, int8_mode=int8_mode,
+                      calibration_cache=calibration_cache, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                      opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
+                      progress=progress, calibration_data=calibration_data if on_device else None, ctx=ctx)
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_path: Path, *, out: Path,
+           precision: Precision, card: ModelCard, source_onnx_sha256: str, profile: BatchProfile, int8_mode: str,
+           calibration_cache: Path | None, workspace_mb: int | None, timing_cache: Path | None,
+           opt_level: int | None, dla_core: int | None, version_compatible: bool, progress: bool,
+           calibration_data: Iterable[np.ndarray] | None, ctx: cu.CudaContext | None) -> Sidecar:
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
         src = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp))
         logger = _Logger(trt)
@@ -233,9 +255,18 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
         flags = _configure(trt, builder, network, config, feat, precision=precision, int8_mode=int8_mode,
                            calibration_cache=calibration_cache, profile=profile, workspace_mb=workspace_mb,
                            opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
-                           integrated=_is_integrated())
+                           integrated=_is_integrated(), calibration_data=calibration_data, ctx=ctx)
         cache = _load_timing_cache(config, timing_cache)
-        serialized = _run_build(trt, builder, network, config, feat, logger, progress=progress, name=out.name)
+        if ctx is not None:  # calibrating on the device: its buffers belong to our context
+            with ctx.active():
+                try:
+                    serialized = _run_build(trt, builder, network, config, feat, logger, progress=progress,
+                                            name=out.name)
+                finally:
+                    flags["calibrator"].free()
+            flags["calibrator"].save(calibration_cache)
+        else:
+            serialized = _run_build(trt, builder, network, config, feat, logger, progress=progress, name=out.name)
         with atomic_path(out) as tmp_engine:
             tmp_engine.write_bytes(bytes(serialized))
         if cache is not None and timing_cache is not None:
@@ -248,9 +279,12 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
     int8: dict[str, Any] = {}
     if precision is Precision.INT8:
         int8 = {"mode": int8_mode, "strongly_typed": flags["strongly_typed"]}
-        if calibration_cache is not None and int8_mode == "implicit":
+        calibrator = flags["calibrator"]
+        if calibrator is not None and calibration_data is not None:
+            int8.update(calibrated_on_device=True, calibration_batches=calibrator.batches, cache_header=calibrator.header)
+        if calibration_cache is not None and int8_mode == "implicit" and Path(calibration_cache).is_file():
             int8.update(cache=Path(calibration_cache).name, cache_sha256=sha256_file(calibration_cache),
-                        cache_header=flags["calibrator"].header if flags["calibrator"] else None)
+                        cache_header=calibrator.header if calibrator else None)
     sidecar = Sidecar(
         backend="tensorrt", precision=precision.value, card=card, artifact_file=out.name,
         artifact_sha256=sha256_file(out), source_onnx_sha256=source_onnx_sha256, backend_version=_numeric_version(trt.__version__),
@@ -352,7 +386,8 @@ def _parser_errors(parser: Any, src: Path, feat: Features) -> list[str]:
 def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, feat: Features, *,
                precision: Precision, int8_mode: str, calibration_cache: Path | None, profile: BatchProfile,
                workspace_mb: int | None, opt_level: int | None, dla_core: int | None, version_compatible: bool,
-               integrated: bool) -> dict[str, Any]:
+               integrated: bool, calibration_data: Iterable[np.ndarray] | None = None,
+               ctx: cu.CudaContext | None = None) -> dict[str, Any]:
     network = net.network
     calibrator = None
     strongly = feat.always_strongly_typed or bool(feat.strongly_typed is not None and net.flags
@@ -365,7 +400,11 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
             config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ on 8.x needs it too
             config.set_flag(trt.BuilderFlag.FP16)  # layers without INT8 kernels/scales fall back to FP16
             if int8_mode == "implicit":
-                calibrator = _attach_calibrator(trt, config, calibration_cache)
+                if calibration_data is not None and ctx is not None:
+                    calibrator = _DeviceCalibration(trt, ctx, calibration_data, profile).calibrator
+                    config.int8_calibrator = calibrator
+                else:
+                    calibrator = _attach_calibrator(trt, config, calibration_cache)
     if workspace_mb is None and integrated:
         workspace_mb = _jetson_workspace_mb()
     if workspace_mb is not None:
@@ -465,6 +504,67 @@ def _attach_calibrator(trt: ModuleType, config: Any, calibration_cache: Path | N
     calibrator = CacheCalibrator()
     config.int8_calibrator = calibrator
     return calibrator
+
+
+class _DeviceCalibration:
+    """8.5-10.x implicit INT8 calibrated on the device: batches go through pycuda to TensorRT's calibrator."""
+
+    def __init__(self, trt: ModuleType, ctx: cu.CudaContext, data: Iterable[np.ndarray], profile: BatchProfile) -> None:
+        batches = iter(data)
+        first = next(batches, None)
+        if first is None:
+            raise InputError("calibration on the device got no batches; give at least one calibration batch")
+        first = np.ascontiguousarray(first, dtype=np.float32)
+        size = first.shape[0]
+        if not profile.min <= size <= profile.max:
+            raise InputError(f"calibration batches of {size} are outside the batch profile {profile}")
+        outer = self
+
+        class DeviceCalibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self) -> None:
+                trt.IInt8EntropyCalibrator2.__init__(self)
+                self.header: str | None = None
+                self.batches = 0
+                self.cache: bytes | None = None
+                self.buffer: cu.Buffer | None = None
+                self.free = outer.free
+                self.save = outer.save
+
+            def get_batch_size(self) -> int:
+                return size
+
+            def get_batch(self, names: list[str]) -> list[int] | None:
+                batch = first if self.batches == 0 else next(batches, None)
+                while batch is not None and np.shape(batch)[0] != size:
+                    log.warning("calibration batch of %d skipped: TensorRT needs all %d", np.shape(batch)[0], size)
+                    batch = next(batches, None)
+                if batch is None:
+                    return None
+                if self.buffer is None:  # called inside build_engine's ctx.active()
+                    self.buffer = cu.Buffer(ctx.cuda, first.shape, np.float32)
+                self.buffer.host[:] = np.asarray(batch, dtype=np.float32)
+                ctx.cuda.memcpy_htod(self.buffer.device, self.buffer.host)
+                self.batches += 1
+                return [self.buffer.ptr]
+
+            def read_calibration_cache(self) -> bytes | None:
+                return None  # calibrate from the data
+
+            def write_calibration_cache(self, cache: Any) -> None:
+                self.cache = bytes(cache)
+                self.header = self.cache.split(b"\n", 1)[0].decode(errors="replace")
+
+        self.calibrator = DeviceCalibrator()
+
+    def free(self) -> None:
+        if self.calibrator.buffer is not None:
+            self.calibrator.buffer.free()
+            self.calibrator.buffer = None
+
+    def save(self, path: Path | None) -> None:
+        """Keep TensorRT's calibration cache so later builds need no data."""
+        if path is not None and self.calibrator.cache is not None:
+            write_bytes_atomic(path, self.calibrator.cache)
 
 
 def _load_timing_cache(config: Any, path: Path | None) -> Any:
