@@ -1,0 +1,302 @@
+"""Training after He et al. (2016): SGD with momentum 0.9, weight decay 1e-4, a step or cosine schedule, light
+augmentation (random crop with padding, horizontal flip where the task allows), BatchNorm.
+
+Every epoch writes the checkpoint atomically (model, optimizer, schedule, random state and the model card), so
+``resume=True`` continues bit-for-bit from the last finished epoch: the shuffling and augmentation of epoch ``e``
+come from a generator seeded with ``(seed, e)``, not from state carried across epochs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeres import __version__, models
+from edgeres.card import ModelCard, Preprocess
+from edgeres.data import Dataset, ImageFolder, digits_preprocess, load_batch, open_dataset, write_digits
+from edgeres.errors import InputError, ModelError
+from edgeres.io import atomic_path
+from edgeres.progress import Progress
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DATASETS = ("digits",)
+_CACHE_DIR = Path.home() / ".cache" / "edgeres"
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` means "the recipe's default for this architecture and dataset"."""
+
+    arch: str = "resnet20"
+    epochs: int | None = None  # digits: 15; CIFAR-style: 160; ImageNet-style: 90
+    batch_size: int = 128
+    lr: float | None = None  # 0.1 scaled by batch_size/128 (paper: 0.1 at batch 128)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # "cosine" or "step" (divide by 10 at 50% and 75% of the epochs, as in §4.2)
+    warmup_epochs: int = 0  # the paper warms ResNet-110 up at lr 0.01; set 1 for very deep CIFAR nets
+    crop_padding: int | None = None  # pixels of zero padding for the random crop; default crop // 8
+    hflip: bool | None = None  # None: on, except for datasets where mirroring changes the class (digits)
+    seed: int = 0
+    val_split: float | None = None  # for ROOT/<class>/* folders without train/ and val/
+    size: int | None = None  # input size; default 32 for CIFAR-family archs, 224 for ImageNet ones
+    model_options: dict[str, Any] = field(default_factory=dict)  # shortcut="B", stride_on="1x1", ...
+    threads: int | None = None  # torch intra-op threads; default: torch's own
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    best_val_top1: float
+    final_val_top1: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]]
+
+
+def resolve_dataset(data: str | Path, *, seed: int = 0, val_split: float | None = None) -> tuple[Dataset, str]:
+    """Open an image-folder dataset, or the built-in ``digits`` set (written once to ~/.cache/edgeres/digits)."""
+    path = Path(data)
+    if not path.exists() and str(data) in BUILTIN_DATASETS:
+        path = _CACHE_DIR / str(data)
+        if not (path / "train").is_dir():
+            log.info("writing the built-in digits dataset to %s", path)
+            write_digits(path, seed=seed, force=True)
+        return open_dataset(path, seed=seed), "digits"
+    if not path.exists():
+        raise InputError(f"dataset folder {path} does not exist; pass an image folder or the built-in name 'digits'")
+    return open_dataset(path, val_split=val_split, seed=seed), _dataset_name(path)
+
+
+def _dataset_name(root: Path) -> str:
+    """The dataset's own name from the metadata ``edgeres data`` writes (``digits.json``), else the folder name."""
+    for meta in sorted(root.glob("*.json")):
+        try:
+            name = json.loads(meta.read_text()).get("name")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if name == meta.stem:
+            return str(name)
+    return root.name
+
+
+def default_preprocess(arch: str, dataset_name: str, *, size: int | None, channels: int = 3) -> Preprocess:
+    """The preprocessing a model of ``arch`` trained on ``dataset_name`` uses."""
+    if dataset_name == "digits":
+        pre = digits_preprocess()
+        if size is not None and size != pre.crop:
+            pre = Preprocess.small(size=size, channels=pre.channels, mean=pre.mean, std=pre.std)
+        return pre
+    size = size or models.default_input_size(arch)
+    if size <= 64:
+        return Preprocess.small(size=size, channels=channels)
+    return Preprocess(resize=round(size * 256 / 224), crop=size)
+
+
+def _recipe(cfg: TrainConfig, dataset_name: str) -> TrainConfig:
+    epochs = cfg.epochs
+    if epochs is None:
+        if dataset_name == "digits":
+            epochs = 15
+        else:
+            epochs = 160 if models.default_input_size(cfg.arch) <= 64 else 90
+    lr = cfg.lr if cfg.lr is not None else 0.1 * cfg.batch_size / 128
+    hflip = cfg.hflip if cfg.hflip is not None else dataset_name != "digits"
+    return TrainConfig(**{**asdict(cfg), "epochs": epochs, "lr": lr, "hflip": hflip})
+
+
+def _load_split(folder: ImageFolder, pre: Preprocess, desc: str, quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and preprocess a whole split into memory (small datasets: digits, CIFAR-like folders)."""
+    paths = [p for p, _ in folder.samples]
+    labels = torch.tensor([y for _, y in folder.samples], dtype=torch.long)
+    chunks = []
+    with Progress(len(paths), f"load {desc}", unit="img", quiet=quiet) as bar:
+        for start in range(0, len(paths), 256):
+            chunk = paths[start:start + 256]
+            chunks.append(load_batch(chunk, pre))
+            bar.update(len(chunk))
+    return torch.from_numpy(np.concatenate(chunks)), labels
+
+
+def _augment(x: torch.Tensor, *, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding (the paper's CIFAR augmentation) and optional horizontal flip."""
+    n, _, h, w = x.shape
+    if padding > 0:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+        batch_idx = torch.arange(n)[:, None, None, None]
+        chan_idx = torch.arange(x.shape[1])[None, :, None, None]
+        x = padded[batch_idx, chan_idx, rows, cols]
+    if hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def _lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    assert cfg.lr is not None and cfg.epochs is not None
+    t = epoch + step / steps_per_epoch
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * 0.1
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.epochs))
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 ** sum(t >= cfg.epochs * m for m in (0.5, 0.75)))
+    raise InputError(f"unknown schedule {cfg.schedule!r}; use 'cosine' or 'step'")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on in-memory tensors."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size])
+        correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
+          quiet: bool = False) -> TrainResult:
+    """Train a ResNet on an image folder (or the built-in ``digits``) and write a checkpoint with its model card.
+
+    Args:
+        data: ``ROOT`` with ``train/`` and ``val/`` class folders, ``ROOT/<class>/*`` with ``config.val_split``,
+            or ``"digits"``.
+        out: checkpoint path (``.pt``); rewritten atomically after every epoch.
+        config: the run's settings; defaults follow the paper's recipe.
+        resume: continue from ``out``'s last finished epoch with its saved settings and state.
+        quiet: no progress bars.
+    """
+    out = Path(out)
+    cfg = config or TrainConfig()
+    state: dict[str, Any] | None = None
+    if resume:
+        if not out.exists():
+            raise InputError(f"--resume: no checkpoint at {out}; train without --resume first")
+        state = torch.load(out, map_location="cpu", weights_only=False)
+        saved = TrainConfig(**state["config"])
+        # The saved recipe wins, except for a longer run asked for explicitly.
+        cfg = TrainConfig(**{**asdict(saved), "epochs": cfg.epochs or saved.epochs})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    dataset, dataset_name = resolve_dataset(data, seed=cfg.seed, val_split=cfg.val_split)
+    cfg = _recipe(cfg, dataset_name)
+    assert cfg.epochs is not None and cfg.lr is not None
+    if cfg.arch not in models.names():
+        raise InputError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(models.names())}")
+    pre = default_preprocess(cfg.arch, dataset_name, size=cfg.size, channels=3)
+    card = ModelCard(
+        arch=cfg.arch, class_names=list(dataset.classes), preprocess=pre, model_options=dict(cfg.model_options),
+        dataset=_dataset_record(dataset, dataset_name), seed=cfg.seed,
+        versions={"edgeres": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    )
+    x_train, y_train = _load_split(dataset.train, pre, "train", quiet)
+    x_val, y_val = _load_split(dataset.val, pre, "val", quiet)
+
+    torch.manual_seed(cfg.seed)
+    model = models.create(cfg.arch, num_classes=card.num_classes, in_channels=pre.channels, **cfg.model_options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    start_epoch, history = 0, []
+    if state is not None:
+        if state["card"]["arch"] != cfg.arch or state["card"]["class_names"] != card.class_names:
+            raise ModelError(f"--resume: {out} was trained as {state['card']['arch']} on other classes; "
+                             "use a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+        log.info("resuming %s from epoch %d of %d", out, start_epoch, cfg.epochs)
+
+    padding = cfg.crop_padding if cfg.crop_padding is not None else pre.crop // 8
+    steps = math.ceil(len(x_train) / cfg.batch_size)
+    begin = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(x_train), generator=gen)
+        model.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        with Progress(len(x_train), f"epoch {epoch + 1}/{cfg.epochs}", unit="img", quiet=quiet) as bar:
+            for step in range(steps):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                xb = _augment(x_train[idx], padding=padding, hflip=bool(cfg.hflip), gen=gen)
+                yb = y_train[idx]
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr_at(cfg, epoch, step, steps)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += len(idx)
+                loss_sum += float(loss) * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+                bar.update(len(idx), loss=loss_sum / seen, acc=correct / seen)
+            val_top1 = evaluate(model, x_val, y_val)
+            bar.postfix["val_top1"] = f"{100 * val_top1:.1f}%"
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen,
+                        "val_top1": val_top1})
+        card.metrics = _metrics(history)
+        _save_checkpoint(out, model=model, optimizer=optimizer, card=card, cfg=cfg, epoch=epoch + 1,
+                         history=history)
+    seconds = time.perf_counter() - begin
+    if not history:
+        raise InputError(f"nothing to train: {out} already finished {start_epoch} epochs; raise --epochs")
+    metrics = _metrics(history)
+    return TrainResult(checkpoint=out, best_val_top1=metrics["best_val_top1"],
+                       final_val_top1=metrics["val_top1"], epochs_run=cfg.epochs - start_epoch, seconds=seconds,
+                       history=history)
+
+
+def _metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    return {"val_top1": history[-1]["val_top1"], "best_val_top1": max(h["val_top1"] for h in history),
+            "epochs": history[-1]["epoch"]}
+
+
+def _dataset_record(dataset: Dataset, name: str) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": name, "root": str(Path(dataset.root).resolve()),
+                              "train_images": len(dataset.train.samples), "val_images": len(dataset.val.samples)}
+    if dataset.calibration:
+        record["calibration"] = [str(Path(p).resolve()) for p in dataset.calibration]
+    return record
+
+
+def _save_checkpoint(out: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, card: ModelCard,
+                     cfg: TrainConfig, epoch: int, history: list[dict[str, float]]) -> None:
+    payload = {"format": "edgeres-checkpoint-1", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "card": card.to_dict(), "config": asdict(cfg), "epoch": epoch, "history": history}
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelCard]:
+    """Rebuild the model of an edgeres checkpoint in eval mode, with its card."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ModelError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or "card" not in state or "model" not in state:
+        raise ModelError(f"{path} is not an edgeres checkpoint (no model card); train it with `edgeres train`, "
+                         "or export torchvision weights with `edgeres export --arch NAME`")
+    card = ModelCard.from_dict(state["card"])
+    model = models.create(card.arch, num_classes=card.num_classes, in_channels=card.in_channels,
+                          **card.model_options)
+    model.load_state_dict(state["model"])
+    return model.eval(), card
