@@ -639,8 +639,22 @@ def _layer_summary(trt: ModuleType, serialized: Any, logger: _Logger) -> dict[st
     for layer in info.get("Layers", []):
         if isinstance(layer, dict):
             outputs = layer.get("Outputs") or [{}]
-            counts[str(outputs[0].get("Format/Datatype", "?")).split(" ")[0]] += 1
+            counts[_datatype(str(outputs[0].get("Format/Datatype", "")))] += 1
     return dict(sorted(counts.items()))
+
+
+_DATATYPES = {"int8": "Int8", "fp16": "Half", "half": "Half", "fp32": "Float", "float": "Float", "int32": "Int32",
+              "int64": "Int64", "bf16": "BF16", "fp8": "FP8", "bool": "Bool", "uint8": "UInt8", "int4": "Int4",
+              "fp4": "FP4"}
+
+
+def _datatype(format_datatype: str) -> str:
+    """The data type in an inspector "Format/Datatype", e.g. "Thirty-two wide channel vectorized row major Int8
+    format" -> "Int8", "Row major linear FP32" -> "Float"."""
+    for word in re.findall(r"[A-Za-z0-9]+", format_datatype):
+        if word.lower() in _DATATYPES:
+            return _DATATYPES[word.lower()]
+    return "other"
 
 
 # ---------------------------------------------------------------- runtime
