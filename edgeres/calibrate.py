@@ -44,6 +44,8 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
 
     Returns:
         ``calibration.Ranges`` with provenance (method, image count, model sha256, manifest hash, preprocessing).
+        The graph input's amax is the exact range of the preprocessing (see :func:`input_amax`), whatever the
+        method: the input has no outliers to clip.
 
     Raises:
         InputError: no calibration data given or recorded, fewer images than one batch, a bad option.
@@ -70,13 +72,22 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
         count = observe(fold_batchnorm(model), reader, collector, total=len(paths), quiet=quiet,
                         desc=f"calibrate ({collector.method.value})")
         amax = collector.compute()
+        # The input's range is known exactly from the preprocessing, and clipping it only destroys information:
+        # entropy calibration of a mostly-background image (digits) would clip the strokes at the background level.
+        amax[input_name] = input_amax(pre)
         ranges = Ranges(
             amax=amax, method=collector.method.value, num_images=count, model_sha256=sha256_file(onnx_path),
-            manifest_sha256=manifest_hash(paths), preprocess=pre.to_dict(), options=dict(collector.options),
+            manifest_sha256=manifest_hash(paths), preprocess=pre.to_dict(),
+            options={**collector.options, "input_amax": "preprocessing"},
             created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         )
     log.info("calibrated %d tensors of %s on %d images (%s)", len(amax), onnx_path.name, count, ranges.method)
     return ranges
+
+
+def input_amax(pre: Preprocess) -> float:
+    """The largest |value| preprocessing can produce: pixels in [0, 1], normalised per channel."""
+    return max(max(abs(0.0 - m), abs(1.0 - m)) / s for m, s in zip(pre.mean, pre.std))
 
 
 def load_ranges_for(onnx_path: str | os.PathLike[str], ranges: Any) -> Any:

@@ -1,7 +1,6 @@
 """edgeres.calibrate and the `edgeres calibrate` / `edgeres quantize` commands, on real PNG folders."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -72,8 +71,9 @@ def test_calibrate_defaults_to_the_cards_training_set(setup):
     assert ranges.model_sha256 == sha256_file(model)
     assert set(ranges.amax) == set(tensors_to_observe(fold_batchnorm(onnx.load(str(model)))))
     assert ranges.preprocess == Preprocess.small(size=SIZE, channels=1).to_dict()
-    # the graph input's amax is the largest |normalised pixel| among the images used: at most (1 - 0.5) / 0.25
-    assert 0 < ranges.amax["input"] <= 2.0 + 1e-6
+    # the graph input's amax is the preprocessing's exact range: pixels in [0, 1], (x - 0.5) / 0.25
+    assert ranges.amax["input"] == pytest.approx(2.0)
+    assert ranges.options["input_amax"] == "preprocessing"
 
 
 def test_ranges_equal_an_independent_minmax_over_the_same_images(setup):
@@ -91,7 +91,7 @@ def test_ranges_equal_an_independent_minmax_over_the_same_images(setup):
         names, {"input": x})
     for name, value in zip(names, outs):
         assert ranges.amax[name] == pytest.approx(float(np.abs(value).max()), rel=1e-5)
-    assert ranges.amax["input"] == pytest.approx(float(np.abs(x).max()), rel=1e-6)
+    assert float(np.abs(x).max()) <= ranges.amax["input"] == pytest.approx(2.0)
 
 
 def test_entropy_is_the_default_and_sampling_is_seeded(setup):
@@ -128,7 +128,7 @@ def test_cardless_model_refuses_images_of_another_size(tmp_path):
     model = _export(tmp_path / "bare.onnx", dataset=None, card=False)
     ok = _write_pngs(tmp_path / "ok", 2)
     ranges = calibrate(model, data=ok, method="minmax", batch_size=2, quiet=True)
-    assert ranges.amax["input"] <= 1.0  # no card: pixels in [0, 1], no normalisation
+    assert ranges.amax["input"] == 1.0  # no card: pixels in [0, 1], no normalisation
     big = _write_pngs(tmp_path / "big", 2, size=SIZE * 2)
     with pytest.raises(DataError, match=f"is {2 * SIZE}x{2 * SIZE} but the model .* takes {SIZE}x{SIZE}"):
         calibrate(model, data=big, batch_size=2, quiet=True)
