@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from edgeres.backends.base import Runner
 from edgeres.bench import ArtifactInfo, describe_artifact, input_batch, parse_batches, split_by_profile, time_calls
 from edgeres.environment import Environment, collect
@@ -35,6 +33,7 @@ from edgeres.stats import Verdict, judge, pooled_statistic, ratio_ci
 log = logging.getLogger(__name__)
 
 BASELINE_FORMAT = 1
+TRIAL_MIN_ITERATIONS = 20  # per trial and batch size: 5 trials then give p99 at least 100 samples to stand on
 _IDENTITY = (("artifact sha256", "sha256"), ("model sha256", "model_sha256"), ("backend", "backend"))
 _NOTED_ENV = ("backend_version", "threads", "power_mode", "clocks", "edgeres_version", "gpu_name")
 
@@ -236,7 +235,8 @@ def measure_latency(runner: Runner, *, batches: Sequence[int], trials: int = 5, 
         for t in range(trials):
             for b in (batches if t % 2 == 0 else list(reversed(batches))):
                 calls = time_calls(runner, inputs[b], duration_s=None if trial_iterations else trial_duration_s,
-                                   iterations=trial_iterations, transfers=transfers)
+                                   iterations=trial_iterations, transfers=transfers,
+                                   min_iterations=TRIAL_MIN_ITERATIONS)
                 out[b].append([round(x, 5) for x in calls.latency_ms])
                 bar.update(1, batch=b)
     return out
@@ -273,8 +273,8 @@ class CheckResult:
         if self.updated:
             return f"baseline written to {self.baseline_path}"
         return {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL (regression)",
-                Verdict.INCONCLUSIVE: "INCONCLUSIVE (the measurements cannot tell; rerun, or use a quieter machine "
-                                      "or more --trials)"}[self.verdict]
+                Verdict.INCONCLUSIVE: "INCONCLUSIVE (latency too noisy to tell; rerun on a quieter machine, or "
+                                      "with more --trials or a longer --trial-duration)"}[self.verdict]
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact.to_dict(), "baseline": self.baseline_path, "verdict": self.verdict.value,
