@@ -85,7 +85,8 @@ class CallTimes:
 
 
 def time_calls(runner: Runner, batch: np.ndarray, *, duration_s: float | None = None, iterations: int | None = None,
-               warmup_s: float = 0.0, transfers: bool = True, min_iterations: int = MIN_ITERATIONS) -> CallTimes:
+               warmup_s: float = 0.0, transfers: bool = True, min_iterations: int = MIN_ITERATIONS,
+               max_iterations: int | None = None) -> CallTimes:
     """Time ``runner.infer(batch)`` in a loop, after ``warmup_s`` of untimed calls (at least one).
 
     Args:
@@ -97,6 +98,7 @@ def time_calls(runner: Runner, batch: np.ndarray, *, duration_s: float | None = 
         transfers: when False, latency is the runner's compute stage only (host↔device copies excluded);
             throughput always counts the whole call.
         min_iterations: the least number of calls of a duration-bound loop.
+        max_iterations: the most calls of a duration-bound loop (None: no limit).
     """
     if (duration_s is None) == (iterations is None):
         raise InputError("give either a duration or a number of iterations, not both")
@@ -128,7 +130,7 @@ def time_calls(runner: Runner, batch: np.ndarray, *, duration_s: float | None = 
         if iterations is not None:
             if n >= iterations:
                 break
-        elif end - begin >= duration_s and n >= min_iterations:  # type: ignore[operator]
+        elif (end - begin >= duration_s and n >= min_iterations) or n == max_iterations:  # type: ignore[operator]
             break
     return CallTimes(latency_ms=latency, wall_s=end - begin, stages_ms=stages)
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BASELINE_FORMAT = 1
 TRIAL_MIN_ITERATIONS = 20  # per trial and batch size: 5 trials then give p99 at least 100 samples to stand on
+TRIAL_MAX_ITERATIONS = 1000  # enough for median and p99; keeps the baseline small and the bootstrap ~1 s
 _IDENTITY = (("artifact sha256", "sha256"), ("model sha256", "model_sha256"), ("backend", "backend"))
 _NOTED_ENV = ("backend_version", "threads", "power_mode", "clocks", "edgeres_version", "gpu_name")
 
@@ -128,8 +129,9 @@ class Baseline:
             raise GateInputError("not an edgeres baseline (no kind 'edgeres.baseline'); write one with "
                                  "`edgeres check ARTIFACT --baseline FILE --update-baseline`")
         try:
-            return cls(artifact=ArtifactInfo(**data["artifact"]), environment=Environment.from_dict(data["environment"]),
-                       accuracy=data.get("accuracy"), latency=data.get("latency"), created=data.get("created", ""))
+            return cls(artifact=ArtifactInfo(**data["artifact"]),
+                       environment=Environment.from_dict(data["environment"]), accuracy=data.get("accuracy"),
+                       latency=data.get("latency"), created=data.get("created", ""))
         except (KeyError, TypeError) as exc:
             raise GateInputError(f"baseline is incomplete ({exc}); rewrite it with --update-baseline") from exc
 
@@ -236,7 +238,7 @@ def measure_latency(runner: Runner, *, batches: Sequence[int], trials: int = 5, 
             for b in (batches if t % 2 == 0 else list(reversed(batches))):
                 calls = time_calls(runner, inputs[b], duration_s=None if trial_iterations else trial_duration_s,
                                    iterations=trial_iterations, transfers=transfers,
-                                   min_iterations=TRIAL_MIN_ITERATIONS)
+                                   min_iterations=TRIAL_MIN_ITERATIONS, max_iterations=TRIAL_MAX_ITERATIONS)
                 out[b].append([round(x, 5) for x in calls.latency_ms])
                 bar.update(1, batch=b)
     return out
@@ -407,6 +409,10 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                                         "trial_iterations": trial_iterations, "transfers": transfers}}
         elif latency:
             notes.append("the baseline has no latency; latency not compared (rewrite it without --no-latency)")
+    if now.accuracy is None and now.latency is None:
+        raise GateInputError("nothing to measure: pass --data DIR for accuracy, or leave out --no-latency"
+                             if base is None else "nothing to compare: the baseline holds only what --no-latency "
+                             "skips; leave it out, or rewrite the baseline with --data DIR")
     if update_baseline:
         write_json_atomic(baseline, now.to_dict())
         log.info("wrote baseline %s", baseline)

@@ -184,6 +184,8 @@ def test_duration_loop_runs_at_least_the_duration_and_the_minimum_calls(virtual_
                        min_iterations=3)
     assert runner.calls == 11 + 31  # warm-up until 10.1 ms have passed, then until 30.5 ms have
     assert calls.latency_ms == pytest.approx([1.0] * 31) and calls.wall_s == pytest.approx(0.031)
+    capped = time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=1.0, max_iterations=7)
+    assert len(capped.latency_ms) == 7
     few = time_calls(runner, np.zeros((1, 3, 16, 16), np.float32), duration_s=1e-6, min_iterations=4)
     assert len(few.latency_ms) == 4
     with pytest.raises(InputError):

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from edgeres.card import ModelCard, Preprocess
 from edgeres.check import BaselineMismatch, GateInputError, Tolerances, check, load_baseline
 from edgeres.stats import Verdict
-from test_bench import CLASSES, WORSE_W, SleepRunner, VirtualClock, colour_images, colour_model, virtual_clock  # noqa: F401
+from test_bench import (  # noqa: F401 - virtual_clock is a fixture
+    CLASSES, WORSE_W, SleepRunner, VirtualClock, colour_images, colour_model, virtual_clock,
+)
 
 FAST = {"trials": 5, "trial_iterations": 20, "warmup_s": 0.0, "quiet": True}
 CARD = ModelCard(arch="colour", class_names=CLASSES, preprocess=Preprocess.small(size=16))
@@ -21,7 +23,8 @@ CARD = ModelCard(arch="colour", class_names=CLASSES, preprocess=Preprocess.small
 
 @pytest.fixture
 def setup(tmp_path: Path) -> dict[str, Path]:
-    return {"good": colour_model(tmp_path / "good.onnx"), "worse": colour_model(tmp_path / "worse.onnx", weights=WORSE_W),
+    return {"good": colour_model(tmp_path / "good.onnx"),
+            "worse": colour_model(tmp_path / "worse.onnx", weights=WORSE_W),
             "data": colour_images(tmp_path / "val"), "baseline": tmp_path / "baseline.json", "tmp": tmp_path}
 
 
@@ -165,6 +168,10 @@ def test_input_errors(setup: dict[str, Path]) -> None:
     with pytest.raises(GateInputError, match="needs labelled images"):
         check(setup["good"], baseline=setup["baseline"], reference=setup["good"], update_baseline=True,
               latency=False, quiet=True)
+    with pytest.raises(GateInputError, match="nothing to compare"):
+        check(setup["good"], baseline=setup["baseline"], latency=False, quiet=True)
+    with pytest.raises(GateInputError, match="nothing to measure"):
+        check(setup["good"], baseline=setup["baseline"], update_baseline=True, latency=False, quiet=True)
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------

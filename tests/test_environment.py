@@ -35,7 +35,8 @@ def tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_jetson_power_mode_and_clocks_come_from_the_tools(tools: Path) -> None:
     _tool(tools, "nvpmodel", 'echo "NV Power Mode: MAXN"; echo 0')
-    _tool(tools, "jetson_clocks", 'if [ "$1" = "--show" ]; then echo "SOC family:tegra234"; echo "GPU MinFreq=1300500000"; fi')
+    _tool(tools, "jetson_clocks",
+          'if [ "$1" = "--show" ]; then echo "SOC family:tegra234"; echo "GPU MinFreq=1300500000"; fi')
     assert jetson_power_mode() == "NV Power Mode: MAXN / 0"
     assert jetson_clocks() == "SOC family:tegra234\nGPU MinFreq=1300500000"
 

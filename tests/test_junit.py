@@ -31,7 +31,8 @@ def test_junit_parses_with_one_testcase_per_metric(tmp_path: Path) -> None:
     assert root.tag == "testsuites"
     suite = root.find("testsuite")
     assert suite is not None
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == ("4", "1", "1", "0")
+    counts = (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors"))
+    assert counts == ("4", "1", "1", "0")
     assert suite.get("time") == "1.500"
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [c.metric for c in CASES]
