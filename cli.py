@@ -80,6 +80,401 @@ def data_digits(out_dir: Path, seed: int, force: bool) -> None:
 # --- end data commands ---
 
 
+# --- train/export commands ---
+def _model_choice() -> click.Choice:
+    from edgeres import models
+
+    return click.Choice(models.names())
+
+
+@cli.command()
+@click.argument("data_dir")
+@click.option("--arch", default="resnet20", show_default=True, type=_model_choice(), help="Architecture.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint (.pt).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs [recipe: digits 10, CIFAR 160, ImageNet 90].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size [recipe: digits 32, else 128].")
+@click.option("--lr", type=float, help="Peak learning rate [recipe: digits 0.05, else 0.1 x batch/128].")
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]))
+@click.option("--weight-decay", default=1e-4, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--size", type=click.IntRange(min=8), help="Input size [32 CIFAR-family, 224 ImageNet-family].")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction held out for validation, for ROOT/<class>/* folders.")
+@click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips [on, except for digits].")
+@click.option("--shortcut", type=click.Choice(["A", "B"]), help="CIFAR-family shortcut option [A].")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.")
+@click.option("--resume", is_flag=True, help="Continue from --out's last finished epoch.")
+@click.option("--force", is_flag=True, help="Replace an existing --out (without --resume).")
+@click.pass_context
+def train(ctx: click.Context, data_dir: str, arch: str, out: Path, epochs: int | None, batch_size: int | None,
+          lr: float | None, schedule: str, weight_decay: float, seed: int, size: int | None,
+          val_split: float | None, hflip: bool | None, shortcut: str | None, threads: int | None, resume: bool,
+          force: bool) -> None:
+    """Train ARCH on DATA_DIR (an image folder, or the built-in name 'digits') and write a checkpoint."""
+    from edgeres.errors import InputError
+    from edgeres.train import TrainConfig, train as run_training
+
+    if out.exists() and not (resume or force):
+        raise InputError(f"{out} already exists; pass --resume to continue it or --force to start over")
+    options = {"shortcut": shortcut} if shortcut else {}
+    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
+                      weight_decay=weight_decay, seed=seed, size=size, val_split=val_split, hflip=hflip,
+                      model_options=options, threads=threads)
+    result = run_training(data_dir, out=out, config=cfg, resume=resume, quiet=quiet_flag(ctx))
+    click.echo(f"trained {arch} for {result.epochs_run} epochs in {result.seconds:.1f}s -> {result.checkpoint}")
+    click.echo(f"best val top-1: {100 * result.best_val_top1:.1f}% (last epoch {100 * result.final_val_top1:.1f}%)")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
+@click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (>= 17).")
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--arch", help="Architecture of a bare state dict (e.g. torchvision weights).")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@click.pass_context
+def export(ctx: click.Context, checkpoint: Path, out: Path, opset: int, batch: str, arch: str | None,
+           force: bool) -> None:
+    """Export CHECKPOINT to ONNX and check it against PyTorch with ONNX Runtime."""
+    from edgeres.export import export_onnx
+
+    result = export_onnx(checkpoint, out=out, opset=opset, batch=batch, force=force, arch=arch,
+                         quiet=quiet_flag(ctx))
+    click.echo(f"wrote {result.path} (opset {result.opset})")
+    click.echo(f"parity on {result.parity_images} {result.parity_source} images at batch "
+               f"{'/'.join(map(str, result.batch_sizes))}: max |dlogit| {result.max_abs_diff:.2e}, "
+               f"top-1 agreement {100 * result.top1_agreement:.1f}%")
+# --- end train/export commands ---
+
+
+# --- calibration commands ---
+def _calibration_methods() -> list[str]:
+    from calibration import Method
+
+    return [m.value for m in Method]
+
+
+def _trt_algorithms() -> list[str]:
+    from calibration.trt_cache import Algorithm
+
+    return [a.value for a in Algorithm]
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Calibration images: class folders, a dataset root or a flat folder [the card's training set].")
+@click.option("--method", default="entropy", show_default=True, type=click.Choice(_calibration_methods()),
+              help="How activations become ranges (entropy = TensorRT's EntropyCalibration2).")
+@click.option("--images", default=512, show_default=True, type=click.IntRange(min=1), help="Images to sample.")
+@click.option("--batch", "batch_size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Images per ONNX Runtime run.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the image sampling.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Ranges JSON [MODEL.ranges.json].")
+@click.option("--trt-cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a TensorRT calibration cache (for implicit INT8 on TensorRT 8.5-10.x).")
+@click.option("--trt-version", default="10.3", show_default=True,
+              help="TensorRT that reads the cache (8.5.2, 8.6, 10.3, ...); its header must match.")
+@click.option("--trt-algorithm", type=click.Choice(_trt_algorithms()),
+              help="Calibrator named in the cache header [MinMaxCalibration for minmax, else EntropyCalibration2].")
+@click.option("--force", is_flag=True, help="Replace existing --out / --trt-cache files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, images: int, batch_size: int,
+              seed: int, out: Path | None, trt_cache: Path | None, trt_version: str, trt_algorithm: str | None,
+              force: bool, as_json: bool) -> None:
+    """Compute INT8 ranges of MODEL (an FP32 ONNX) from calibration images."""
+    import time
+
+    from calibration import CalibrationError
+    from calibration import trt_cache as cache
+    from edgeres.calibrate import calibrate as run_calibration
+    from edgeres.errors import InputError
+
+    out = out or model.with_name(f"{model.stem}.ranges.json")
+    for target in (out, trt_cache):
+        if target is not None and target.exists() and not force:
+            raise InputError(f"{target} already exists; pass --force to overwrite it")
+    start = time.perf_counter()
+    ranges = run_calibration(model, data=data, method=method, images=images, batch_size=batch_size, seed=seed,
+                             quiet=quiet_flag(ctx))
+    seconds = time.perf_counter() - start
+    try:
+        ranges.save(out)
+        header = None
+        if trt_cache is not None:
+            algorithm = trt_algorithm or ("MinMaxCalibration" if method == "minmax" else "EntropyCalibration2")
+            header = cache.write(trt_cache, ranges, trt_version=trt_version, algorithm=algorithm)
+    except CalibrationError as exc:
+        raise InputError(str(exc)) from exc
+    amax = sorted(ranges.amax.values())
+    summary = {"model": str(model), "ranges": str(out), "method": ranges.method, "images": ranges.num_images,
+               "tensors": len(amax), "seconds": round(seconds, 2), "amax_min": amax[0], "amax_max": amax[-1],
+               "trt_cache": str(trt_cache) if trt_cache else None, "trt_header": header}
+    if as_json:
+        echo_json(summary)
+        return
+    rows = [("tensors", len(amax)), ("method", ranges.method), ("images", ranges.num_images),
+            ("time", f"{seconds:.1f} s ({ranges.num_images / max(seconds, 1e-9):.0f} img/s)"),
+            ("amax", f"{amax[0]:.4g} .. {amax[-1]:.4g}"), ("ranges", out)]
+    if trt_cache is not None:
+        rows.append(("TensorRT cache", f"{trt_cache} ({header})"))
+    for key, value in rows:
+        click.echo(f"{key:<15} {value}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ranges", "ranges_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Ranges JSON from `edgeres calibrate` on this very MODEL.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="INT8 Q/DQ ONNX to write.")
+@click.option("--activations", default="s8", show_default=True, type=click.Choice(["s8", "u8"]),
+              help="s8: the TensorRT form; u8: the fast ONNX Runtime CPU form (same grid, zero point 128).")
+@click.option("--keep-fp32", multiple=True, metavar="NAME",
+              help="A node name or op type to leave in FP32 (repeatable), e.g. --keep-fp32 Gemm.")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def quantize(model: Path, ranges_path: Path, out: Path, activations: str, keep_fp32: tuple[str, ...],
+             per_tensor: bool, force: bool) -> None:
+    """Write the INT8 Q/DQ twin of MODEL (an FP32 ONNX) from its calibration ranges."""
+    import onnx
+
+    from edgeres.quantize import quantize_qdq
+
+    written = quantize_qdq(model, ranges_path, out=out, activations=activations, keep_fp32=list(keep_fp32),
+                           per_channel=not per_tensor, force=force)
+    nodes = onnx.load(str(written), load_external_data=False).graph.node
+    pairs = sum(n.op_type == "QuantizeLinear" for n in nodes)
+    size = written.stat().st_size / model.stat().st_size
+    click.echo(f"wrote {written} ({activations} activations, {pairs} activation Q/DQ points, "
+               f"{size:.2f}x the FP32 size)")
+# --- end calibration commands ---
+
+
+# --- bench/check commands ---
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """click callback: "1s", "500ms", "2" -> seconds."""
+    from edgeres.bench import parse_duration
+    from edgeres.errors import InputError
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command("bench")
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch", "batches", default="1,8,32", show_default=True,
+              help="Batch sizes, comma-separated; sizes outside the artifact's profile are skipped with a note.")
+@click.option("--warmup", default="1s", show_default=True, callback=_duration_option,
+              help="Untimed calls before each batch size (1s, 500ms, 2).")
+@click.option("--duration", default="5s", show_default=True, callback=_duration_option,
+              help="Timed wall time per batch size.")
+@click.option("--iterations", type=click.IntRange(min=1), help="Timed calls per batch size, instead of --duration.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG: latency distribution per batch size, throughput vs batch size (needs matplotlib).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a Markdown report to paste into a pull request.")
+@click.option("--no-transfers", is_flag=True, help="Latency without host<->device copies (the compute stage only).")
+@click.option("--threads", type=click.IntRange(min=1), help="Backend worker threads [physical cores].")
+@click.pass_context
+def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, duration: float,
+              iterations: int | None, out: Path | None, plot: Path | None, report: Path | None,
+              no_transfers: bool, threads: int | None) -> None:
+    """Time ARTIFACT at several batch sizes: latency percentiles, throughput, images/s, stage split."""
+    from click.core import ParameterSource
+
+    from edgeres.bench import bench as run_bench
+    from edgeres.report import bench_markdown, bench_table, plot_bench, require_matplotlib, write_markdown
+
+    if iterations is not None and ctx.get_parameter_source("duration") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --duration or --iterations, not both")
+    if plot is not None:
+        require_matplotlib()  # fail before measuring, not after
+    result = run_bench(artifact, batches=batches, warmup_s=warmup, duration_s=duration, iterations=iterations,
+                       transfers=not no_transfers, threads=threads, quiet=quiet_flag(ctx))
+    click.echo(bench_table(result))
+    if out is not None:
+        click.echo(f"wrote {result.write_json(out)}")
+    if report is not None:
+        click.echo(f"wrote {write_markdown(report, bench_markdown(result))}")
+    if plot is not None:
+        click.echo(f"wrote {plot_bench(result, plot)}")
+
+
+@cli.command("check")
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--baseline", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Baseline JSON to compare with (or to write with --update-baseline).")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Labelled images <class>/<image> for accuracy [the baseline's folder].")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The FP32 model: ARTIFACT's top-1 must keep --tol-reference of its top-1.")
+@click.option("--update-baseline", is_flag=True, help="Measure and (over)write --baseline instead of comparing.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Compare with a baseline of another artifact/model/device (with a warning) instead of refusing.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML for CI.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write the verdict as Markdown.")
+@click.option("--tol-accuracy-pp", default=0.5, show_default=True, type=click.FloatRange(min=0),
+              help="Largest allowed top-1/top-5 drop, in percentage points.")
+@click.option("--tol-reference", default=0.99, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Smallest allowed fraction of the reference's top-1 (MLPerf: 0.99).")
+@click.option("--tol-latency", default=0.10, show_default=True, type=click.FloatRange(min=0),
+              help="Largest allowed growth of median and p99 latency (0.10 = +10%).")
+@click.option("--no-latency", is_flag=True, help="Skip latency: accuracy only (fast).")
+@click.option("--batch", "batches", help="Batch sizes for latency [the baseline's; new baseline: 1 and the profile's opt].")
+@click.option("--trials", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Alternating latency trials (more trials: narrower intervals, fewer inconclusive verdicts).")
+@click.option("--trial-duration", default="300ms", show_default=True, callback=_duration_option,
+              help="Timed wall time per trial and batch size.")
+@click.option("--threads", type=click.IntRange(min=1), help="Backend worker threads [physical cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON instead of a table.")
+@click.pass_context
+def check_cmd(ctx: click.Context, artifact: Path, baseline: Path, data: Path | None, reference: Path | None,
+              update_baseline: bool, allow_mismatch: bool, junit: Path | None, report: Path | None,
+              tol_accuracy_pp: float, tol_reference: float, tol_latency: float, no_latency: bool,
+              batches: str | None, trials: int, trial_duration: float, threads: int | None, as_json: bool) -> None:
+    """Gate ARTIFACT against a baseline: accuracy and latency, each PASS / FAIL / INCONCLUSIVE.
+
+    Exit status: 0 pass, 1 regression, 2 usage or input error, 3 inconclusive (latency too noisy to tell).
+    """
+    from edgeres.check import GateInputError, Tolerances, check as run_check
+    from edgeres.junit import write_junit
+    from edgeres.report import check_markdown, check_table, write_markdown
+
+    if trial_duration <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--trial-duration")
+    try:
+        tolerances = Tolerances(accuracy_pp=tol_accuracy_pp, reference_ratio=tol_reference,
+                                latency_median=tol_latency, latency_p99=tol_latency)
+        result = run_check(artifact, baseline=baseline, data=data, reference=reference, tolerances=tolerances,
+                           update_baseline=update_baseline, allow_mismatch=allow_mismatch, latency=not no_latency,
+                           batches=batches, trials=trials, trial_duration_s=trial_duration, threads=threads,
+                           quiet=quiet_flag(ctx))
+    except EdgeresError as exc:
+        if exc.exit_code == 2 or (ctx.obj and ctx.obj.get("debug")):
+            raise
+        raise GateInputError(str(exc)) from exc  # any error that stops the gate is exit 2, never "regression"
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(check_table(result))
+    if junit is not None:
+        write_junit(junit, result.rows, properties={"artifact": str(artifact), "baseline": str(baseline),
+                                                    "verdict": result.verdict.value})
+    if report is not None:
+        write_markdown(report, check_markdown(result))
+    ctx.exit(result.exit_code)
+# --- end bench/check commands ---
+
+
+# --- build/infer commands ---
+def _precisions() -> list[str]:
+    from edgeres.backends import Precision
+
+    return [p.value for p in Precision]
+
+
+def _backends() -> list[str]:
+    from edgeres.backends import BackendName
+
+    return [b.value for b in BackendName]
+
+
+def _print_rows(rows: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--precision", required=True, type=click.Choice(_precisions()), help="Precision of the artifact.")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(_backends()),
+              help="auto = TensorRT when it can run here, else ONNX Runtime.")
+@click.option("--calib", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="INT8 calibration images [the calibration set recorded in the model card].")
+@click.option("--calib-method", default="entropy", show_default=True,
+              type=click.Choice(["entropy", "minmax", "percentile", "mse"]), help="INT8 range method.")
+@click.option("--calib-images", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Calibration images to sample.")
+@click.option("--batch", default="1:8:32", show_default=True, help="Batch profile: N or min:opt:max.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [beside MODEL].")
+@click.option("--force", is_flag=True, help="Rebuild an existing artifact (and re-export a checkpoint).")
+@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads [physical cores].")
+@click.option("--verify-images", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Images for the check against the FP32 ONNX (0 skips it).")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), help="TensorRT: builder workspace (MB).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT: timing cache file.")
+@click.option("--dla-core", type=click.IntRange(min=0), help="TensorRT: build for this DLA core (Jetson).")
+@click.option("--int8-mode", default="explicit", show_default=True, type=click.Choice(["explicit", "implicit"]),
+              help="TensorRT: Q/DQ ONNX (explicit) or calibration cache (implicit, TensorRT 8.5-10.x).")
+@click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT: builder optimisation level.")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: engine runnable by later TensorRT versions.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: Path | None, calib_method: str,
+          calib_images: int, batch: str, out_dir: Path | None, force: bool, threads: int | None,
+          verify_images: int, workspace_mb: int | None, timing_cache: Path | None, dla_core: int | None,
+          int8_mode: str, opt_level: int | None, version_compatible: bool, as_json: bool) -> None:
+    """Build an engine/artifact from MODEL (an exported .onnx or a .pt checkpoint) and verify it against FP32."""
+    from edgeres.backends import BatchProfile
+    from edgeres.build import build_artifact, build_table
+
+    result = build_artifact(
+        model, precision=precision, backend=backend, calib_dir=calib, calib_method=calib_method,
+        calib_images=calib_images, profile=BatchProfile.parse(batch), out_dir=out_dir, force=force, threads=threads,
+        verify_images=verify_images, quiet=quiet_flag(ctx), int8_mode=int8_mode, workspace_mb=workspace_mb,
+        timing_cache=timing_cache, opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
+    )
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        _print_rows(build_table(result))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write results.json or results.csv.")
+@click.option("--strict", is_flag=True, help="Exit 1 when any file was skipped (results are still written).")
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads [physical cores].")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads [CPU count, at most 4].")
+@click.option("--json", "as_json", is_flag=True, help="Print the full results as JSON.")
+@click.pass_context
+def infer(ctx: click.Context, artifact: Path, images: Path, batch: int, top_k: int, out: Path | None, strict: bool,
+          threads: int | None, workers: int | None, as_json: bool) -> None:
+    """Classify every image under IMAGES with ARTIFACT (a built artifact or an exported ONNX)."""
+    from edgeres.errors import DataError, InputError
+    from edgeres.infer import infer_folder, predictions_table, summary_table
+
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise InputError(f"--out must end in .json or .csv, got {out}")
+    result = infer_folder(artifact, images, batch=batch, top_k=top_k, workers=workers, threads=threads,
+                          quiet=quiet_flag(ctx))
+    if out is not None:
+        result.write(out)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(predictions_table(result, max_rows=20 if out is not None else None))
+        click.echo("")
+        click.echo(summary_table(result))
+        if out is not None:
+            click.echo(f"wrote {out}")
+    if strict and result.skipped:
+        first = result.skipped[0]
+        raise DataError(f"{len(result.skipped)} file(s) skipped (--strict), first {first.path}: {first.reason}")
+# --- end build/infer commands ---
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(obj={})
