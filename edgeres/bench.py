@@ -75,6 +75,15 @@ def describe_artifact(artifact: str | Path, *, runner: Runner | None = None) -> 
     return ArtifactInfo(str(path), sha, sha, backend, precision, arch)
 
 
+def runner_environment(runner: Runner, info: ArtifactInfo) -> Environment:
+    """The environment record of a measurement of ``info`` with ``runner`` (GPU when the runner is TensorRT or
+    ONNX Runtime with the CUDA provider first)."""
+    providers = list(getattr(runner, "providers", None) or [])
+    gpu = info.backend == "tensorrt" or (providers[:1] == ["CUDAExecutionProvider"])
+    return collect(backend=info.backend, backend_version=getattr(runner, "backend_version", None),
+                   threads=getattr(runner, "threads", None), gpu=gpu, artifact_sha256=info.sha256)
+
+
 @dataclass
 class CallTimes:
     """Raw timings of one timed loop: per-call latency and stage times (ms), and the loop's wall time (s)."""
@@ -388,8 +397,7 @@ def bench(artifact: str | Path, *, batches: Sequence[int] | str = DEFAULT_BATCHE
                 results.append(_batch_result(b, calls))
                 bar.update(1, batch=b, median_ms=results[-1].latency.median, img_s=results[-1].images_per_s)
         pre = time_preprocess(runner.card) if preprocess else None
-        env = collect(backend=info.backend, backend_version=getattr(runner, "backend_version", None),
-                      threads=getattr(runner, "threads", None), artifact_sha256=info.sha256)
+        env = runner_environment(runner, info)
         profile = str(runner.profile)
     settings = {"batches": list(sizes), "warmup_s": warmup_s, "duration_s": duration_s, "iterations": iterations,
                 "transfers": transfers, "threads": threads,

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeres.backends.base import Runner
-from edgeres.bench import ArtifactInfo, describe_artifact, input_batch, parse_batches, split_by_profile, time_calls
-from edgeres.environment import Environment, collect
+from edgeres.bench import (
+    ArtifactInfo, describe_artifact, input_batch, parse_batches, runner_environment, split_by_profile, time_calls,
+)
+from edgeres.environment import Environment
 from edgeres.errors import InputError
 from edgeres.io import sha256_file, write_json_atomic
 from edgeres.stats import Verdict, judge, pooled_statistic, ratio_ci
@@ -385,9 +387,7 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
         if runner is None:
             runner = stack.enter_context(_open(artifact, threads))
         info = describe_artifact(artifact, runner=runner)
-        env = collect(backend=info.backend, backend_version=getattr(runner, "backend_version", None),
-                      threads=getattr(runner, "threads", None), artifact_sha256=info.sha256)
-        now = Baseline(artifact=info, environment=env)
+        now = Baseline(artifact=info, environment=runner_environment(runner, info))
         if base is not None:
             notes += _check_identity(base, now, allow_mismatch, baseline)
         data = _resolve_data(data, base, reference)

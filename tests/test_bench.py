@@ -272,3 +272,18 @@ def test_built_artifact_is_described_by_its_sidecar(model: Path, tmp_path: Path)
     assert (info.backend, info.precision, info.arch) == ("onnxruntime", "fp32", "colour")
     result = bench(built, batches=(2,), warmup_s=0, iterations=3, preprocess=False, quiet=True)
     assert result.artifact == info and result.profile == "1:8:32"
+
+
+def test_environment_names_the_gpu_when_ort_runs_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeres.bench import ArtifactInfo, runner_environment
+
+    (tmp_path / "nvidia-smi").write_text('#!/bin/sh\necho "NVIDIA H100 80GB HBM3"\n')
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    card = ModelCard(arch="x", class_names=CLASSES, preprocess=Preprocess.small(size=16))
+    runner = SleepRunner(card, ms=0.1)
+    info = ArtifactInfo("m.onnx", "a" * 64, "a" * 64, "onnxruntime", "fp32", "x")
+    assert runner_environment(runner, info).device != "NVIDIA H100 80GB HBM3"  # CPU provider: the CPU
+    runner.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # type: ignore[attr-defined]
+    env = runner_environment(runner, info)
+    assert env.device == env.gpu_name == "NVIDIA H100 80GB HBM3"
