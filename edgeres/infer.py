@@ -129,6 +129,9 @@ def infer_folder(artifact_or_model: str | os.PathLike[str], folder: str | os.Pat
     workers = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
+    if Path(artifact_or_model).suffix.lower() in (".pt", ".pth"):
+        raise InputError(f"{artifact_or_model} is a checkpoint; infer runs a built artifact or an exported ONNX: "
+                         f"`edgeres build {artifact_or_model} --precision fp32` first")
     files = list_images(folder, recursive=True)
     if not files:
         raise DataError(f"{folder}: no images found (searched recursively for {' '.join(sorted(IMAGE_SUFFIXES))})")
@@ -312,3 +315,51 @@ def summary_table(result: InferResult) -> str:
     if result.latency:
         lines += ["per-batch latency:", stats_table(result.latency)]
     return "\n".join(lines)
+
+
+def load_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``summary`` of a results JSON written by ``edgeres infer --out x.json``.
+
+    Raises:
+        InputError: the file is missing, not JSON, or not an infer results file.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"results file {path} not found; write one with `edgeres infer ... --out {path.name}`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read results file {path} ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
+        raise InputError(f"{path} is not an `edgeres infer` results JSON (no 'summary' object)")
+    return data["summary"]
+
+
+def compare_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Several infer summaries side by side: one column per run (e.g. fp32 and int8), one row per number."""
+
+    def pct(s: dict[str, Any], key: str) -> str:
+        acc = s.get("accuracy")
+        return f"{acc[key] * 100:.2f}%" if acc else "-"
+
+    def lat(s: dict[str, Any], stage: str, stat: str) -> str:
+        value = s.get("latency_ms", {}).get(stage, {}).get(stat)
+        return f"{value:.2f}" if value is not None else "-"
+
+    rows = [
+        ("backend", lambda s: f"{s.get('backend')} ({s.get('precision')})"),
+        ("images (skipped)", lambda s: f"{s.get('images')} ({s.get('skipped')})"),
+        ("accuracy top-1", lambda s: pct(s, "top1")),
+        ("accuracy top-5", lambda s: pct(s, "top5")),
+        ("images/s", lambda s: f"{s.get('images_per_s', 0):.1f}"),
+        ("wall s", lambda s: f"{s.get('wall_s', 0):.2f}"),
+        ("batch", lambda s: str(s.get("batch"))),
+        ("inference median ms/batch", lambda s: lat(s, "inference", "median")),
+        ("inference p99 ms/batch", lambda s: lat(s, "inference", "p99")),
+        ("preprocess median ms/batch", lambda s: lat(s, "preprocess", "median")),
+    ]
+    names = list(summaries)
+    body = [[label, *(fn(summaries[n]) for n in names)] for label, fn in rows]
+    return format_table(["", *names], body)

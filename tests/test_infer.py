@@ -144,6 +144,8 @@ def test_options_are_checked(artifact: Path, tmp_path: Path) -> None:
     _image(tmp_path / "i" / "a.png", 1)
     with pytest.raises(InputError, match="outside .*batch profile 1:4:8"):
         infer_folder(artifact, tmp_path / "i", batch=16, quiet=True)
+    with pytest.raises(InputError, match="is a checkpoint; .*edgeres build"):
+        infer_folder(tmp_path / "model.pt", tmp_path / "i", quiet=True)
     with pytest.raises(InputError, match="--top-k"):
         infer_folder(artifact, tmp_path / "i", top_k=0, quiet=True)
 
@@ -207,3 +209,24 @@ def test_cli_infer(artifact: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "not found" in res.output
     res = runner.invoke(cli, ["-q", "infer", str(artifact), str(folder), "--out", str(tmp_path / "r.xml")])
     assert res.exit_code == 1 and ".json or .csv" in res.output
+
+
+def test_compare_prints_summaries_side_by_side(artifact: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    folder = tmp_path / "imgs"
+    for i in range(2):
+        _image(folder / "c2" / f"{i}.png", i)
+    a = infer_folder(artifact, folder, batch=2, quiet=True).write(tmp_path / "fp32.json")
+    b = infer_folder(artifact, folder, batch=1, quiet=True).write(tmp_path / "again.json")
+    res = CliRunner().invoke(cli, ["compare", str(a), str(b)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == ["fp32", "again"]
+    assert any(line.startswith("accuracy top-1") for line in lines)
+    assert next(line for line in lines if line.startswith("batch")).split()[1:] == ["2", "1"]
+    (tmp_path / "bad.json").write_text("[]")
+    res = CliRunner().invoke(cli, ["compare", str(a), str(tmp_path / "bad.json")])
+    assert res.exit_code == 1 and "not an `edgeres infer` results JSON" in res.output
