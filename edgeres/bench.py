@@ -76,12 +76,22 @@ def describe_artifact(artifact: str | Path, *, runner: Runner | None = None) -> 
 
 
 def runner_environment(runner: Runner, info: ArtifactInfo) -> Environment:
-    """The environment record of a measurement of ``info`` with ``runner`` (GPU when the runner is TensorRT or
-    ONNX Runtime with the CUDA provider first)."""
+    """The environment record of a measurement of ``info`` with ``runner``: a GPU is the device when the runner
+    is TensorRT (named by the CUDA driver, which Jetsons have but not nvidia-smi) or ONNX Runtime with the CUDA
+    provider first."""
     providers = list(getattr(runner, "providers", None) or [])
-    gpu = info.backend == "tensorrt" or (providers[:1] == ["CUDAExecutionProvider"])
-    return collect(backend=info.backend, backend_version=getattr(runner, "backend_version", None),
-                   threads=getattr(runner, "threads", None), gpu=gpu, artifact_sha256=info.sha256)
+    gpu = info.backend == "tensorrt" or providers[:1] == ["CUDAExecutionProvider"]
+    version, gpu_label = getattr(runner, "backend_version", None), None
+    if info.backend == "tensorrt":
+        try:
+            from edgeres.backends import cuda, tensorrt
+
+            gpu_label = cuda.device_info(0).name
+            version = version or tensorrt.trt_version()
+        except Exception as exc:  # noqa: BLE001 - the record is best effort; the run itself already worked
+            log.debug("cannot ask the CUDA driver for the GPU name: %s", exc)
+    return collect(backend=info.backend, backend_version=version, threads=getattr(runner, "threads", None),
+                   gpu=gpu, gpu_name=gpu_label, artifact_sha256=info.sha256)
 
 
 @dataclass

@@ -109,7 +109,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def gpu_name(*, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
+def nvidia_smi_gpu(*, timeout_s: float = TOOL_TIMEOUT_S) -> str | None:
     """The first GPU's name from ``nvidia-smi``; None without one (Jetsons have no nvidia-smi: see
     :func:`jetson_model`)."""
     out = run_tool(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], timeout_s=timeout_s)
@@ -152,7 +152,7 @@ def _backend_version(backend: str) -> str:
 
 
 def collect(*, backend: str, backend_version: str | None = None, threads: int | None = None,
-            gpu: bool | None = None, artifact_sha256: str | None = None,
+            gpu: bool | None = None, gpu_name: str | None = None, artifact_sha256: str | None = None,
             timeout_s: float = TOOL_TIMEOUT_S) -> Environment:
     """Record the environment of a measurement.
 
@@ -161,6 +161,7 @@ def collect(*, backend: str, backend_version: str | None = None, threads: int | 
         backend_version: its version; None = the installed package's.
         threads: the backend's worker threads, when known.
         gpu: whether the artifact runs on a GPU; None = TensorRT does, other backends do not.
+        gpu_name: the GPU's name when the caller knows it (from the CUDA driver); None = ask ``nvidia-smi``.
         artifact_sha256: hash of the artifact measured.
         timeout_s: how long each external tool may take.
 
@@ -170,7 +171,7 @@ def collect(*, backend: str, backend_version: str | None = None, threads: int | 
     version = backend_version if backend_version is not None else _backend_version(backend)
     on_gpu = gpu if gpu is not None else backend == "tensorrt"
     jetson = jetson_model()
-    gpu_label = gpu_name(timeout_s=timeout_s)
+    gpu_label = gpu_name or nvidia_smi_gpu(timeout_s=timeout_s)
     cpu = cpu_model()
     device = (gpu_label or jetson or "unknown GPU") if on_gpu else cpu
     return Environment(

@@ -287,3 +287,27 @@ def test_environment_names_the_gpu_when_ort_runs_on_cuda(tmp_path: Path, monkeyp
     runner.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # type: ignore[attr-defined]
     env = runner_environment(runner, info)
     assert env.device == env.gpu_name == "NVIDIA H100 80GB HBM3"
+
+
+def test_tensorrt_engine_reports_the_stage_split_and_its_gpu(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the recorded TensorRT 10.13 API's test double (CPU-only): H2D / compute / D2H per call, the GPU
+    named by the CUDA driver, TensorRT's version."""
+    from trt_double import install
+
+    from edgeres.backends import tensorrt as trt_backend
+    from edgeres.backends.base import Precision
+    from edgeres.io import sha256_file
+
+    install(monkeypatch, "10.13.3")
+    src = colour_model(tmp_path / "colour.onnx")
+    engine = tmp_path / "colour.fp32.engine"
+    card = ModelCard(arch="colour", class_names=CLASSES, preprocess=Preprocess.small(size=16))
+    trt_backend.build_engine(src, out=engine, precision=Precision.FP32, card=card,
+                             source_onnx_sha256=sha256_file(src), profile=BatchProfile(1, 4, 8), progress=False)
+    result = bench(engine, batches="1,4,16", warmup_s=0, iterations=4, preprocess=False, quiet=True)
+    assert [r.batch for r in result.results] == [1, 4] and result.skipped[0]["batch"] == 16
+    assert all(set(r.stages) == {"h2d", "compute", "d2h"} for r in result.results)
+    assert result.artifact.backend == "tensorrt" and result.artifact.model_sha256 == sha256_file(src)
+    env = result.environment
+    assert env.device == env.gpu_name == "NVIDIA Jetson AGX Orin (fake)" and env.backend_version.startswith("10.13.3")

@@ -222,3 +222,26 @@ def test_cli_inconclusive_latency_exit_3(setup: dict[str, Path]) -> None:
     verdict = json.loads(res.output)
     assert verdict["verdict"] == "INCONCLUSIVE" and verdict["exit_code"] == 3
     assert {r["metric"] for r in verdict["rows"]} == {"latency median b1", "latency p99 b1"}
+
+
+def test_tensorrt_engine_gate_is_bound_to_its_gpu(setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the TensorRT 10.13 test double: accuracy of an engine, and a baseline from another GPU refused."""
+    from trt_double import FakeDevice, FakeGpu, install
+
+    from edgeres.backends import tensorrt as trt_backend
+    from edgeres.backends.base import BatchProfile, Precision
+    from edgeres.io import sha256_file
+
+    install(monkeypatch, "10.13.3")
+    engine = setup["tmp"] / "good.fp32.engine"
+    trt_backend.build_engine(setup["good"], out=engine, precision=Precision.FP32, card=CARD,
+                             source_onnx_sha256=sha256_file(setup["good"]), profile=BatchProfile(1, 4, 8),
+                             progress=False)
+    check(engine, baseline=setup["baseline"], data=setup["data"], update_baseline=True, latency=False, quiet=True)
+    baseline = json.loads(setup["baseline"].read_text())
+    assert baseline["device"] == "NVIDIA Jetson AGX Orin (fake)"
+    assert baseline["artifact"]["model_sha256"] == sha256_file(setup["good"]) != baseline["artifact"]["sha256"]
+    assert check(engine, baseline=setup["baseline"], latency=False, quiet=True).exit_code == 0
+    install(monkeypatch, "10.13.3", gpu=FakeGpu(devices=[FakeDevice(name="NVIDIA Jetson AGX Orin 64GB (fake)")]))
+    with pytest.raises(BaselineMismatch, match=r"device 'NVIDIA Jetson AGX Orin \(fake\)' -> 'NVIDIA Jetson AGX Orin 64GB"):
+        check(engine, baseline=setup["baseline"], latency=False, quiet=True)
