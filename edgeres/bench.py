@@ -64,6 +64,7 @@ def describe_artifact(artifact: str | Path, *, runner: Runner | None = None) -> 
     path = Path(artifact)
     if not path.is_file():
         raise InputError(f"artifact {path} not found; build one with `edgeres build` or export an ONNX")
+    path = path.resolve()
     sha = sha256_file(path)
     if sidecar_path(path).exists():
         side = read_sidecar_for(path)

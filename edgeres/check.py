@@ -222,26 +222,30 @@ def evaluate(artifact: str | Path, data: str | Path, *, batch: int = 8, referenc
 
 # --- latency --------------------------------------------------------------------------------------------------
 
-def measure_latency(runner: Runner, *, batches: Sequence[int], trials: int = 5, trial_duration_s: float | None = 0.3,
-                    trial_iterations: int | None = None, warmup_s: float = 0.5, transfers: bool = True,
-                    quiet: bool = False) -> dict[int, list[list[float]]]:
-    """Per-call latencies (ms) in ``trials`` rounds; each round times every batch size once, in alternating order
-    (forward, then backward), so slow drifts of the machine touch every batch size alike."""
+def measure_latency(runners: Sequence[Runner], *, batches: Sequence[int], trials: int = 5,
+                    trial_duration_s: float | None = 0.3, trial_iterations: int | None = None, warmup_s: float = 0.5,
+                    transfers: bool = True, quiet: bool = False) -> list[dict[int, list[list[float]]]]:
+    """Per-call latencies (ms) of each runner, ``{batch: [trial samples, ...]}``, in ``trials`` rounds.
+
+    Each round times every runner at every batch size once, in alternating order (forward, then backward), so
+    slow drifts of the machine touch every runner and batch size alike.
+    """
     from edgeres.progress import Progress
 
     if trials < 1:
         raise GateInputError(f"trials must be at least 1, got {trials}")
-    inputs = {b: input_batch(runner.card, b) for b in batches}
-    for b in batches:  # warm every shape once
-        time_calls(runner, inputs[b], iterations=1, warmup_s=warmup_s / max(1, len(batches)))
-    out: dict[int, list[list[float]]] = {b: [] for b in batches}
-    with Progress(trials * len(batches), "latency trials", unit="loop", quiet=quiet) as bar:
+    jobs = [(i, b) for i in range(len(runners)) for b in batches]
+    inputs = {b: input_batch(runners[0].card, b) for b in batches}
+    for i, b in jobs:  # warm every runner and shape once
+        time_calls(runners[i], inputs[b], iterations=1, warmup_s=warmup_s / max(1, len(jobs)))
+    out: list[dict[int, list[list[float]]]] = [{b: [] for b in batches} for _ in runners]
+    with Progress(trials * len(jobs), "latency trials", unit="loop", quiet=quiet) as bar:
         for t in range(trials):
-            for b in (batches if t % 2 == 0 else list(reversed(batches))):
-                calls = time_calls(runner, inputs[b], duration_s=None if trial_iterations else trial_duration_s,
+            for i, b in (jobs if t % 2 == 0 else list(reversed(jobs))):
+                calls = time_calls(runners[i], inputs[b], duration_s=None if trial_iterations else trial_duration_s,
                                    iterations=trial_iterations, transfers=transfers,
                                    min_iterations=TRIAL_MIN_ITERATIONS, max_iterations=TRIAL_MAX_ITERATIONS)
-                out[b].append([round(x, 5) for x in calls.latency_ms])
+                out[i][b].append([round(x, 5) for x in calls.latency_ms])
                 bar.update(1, batch=b)
     return out
 
@@ -349,7 +353,8 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
           allow_mismatch: bool = False, latency: bool = True, batches: Sequence[int] | str | None = None,
           trials: int = 5, trial_duration_s: float | None = 0.3, trial_iterations: int | None = None,
           warmup_s: float = 0.5, transfers: bool = True, threads: int | None = None, seed: int = 0,
-          runner: Runner | None = None, quiet: bool = False) -> CheckResult:
+          side_by_side: bool = False, runner: Runner | None = None, baseline_runner: Runner | None = None,
+          quiet: bool = False) -> CheckResult:
     """Measure ``artifact`` and compare it with ``baseline`` (or write the baseline).
 
     Args:
@@ -370,8 +375,12 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
         transfers: False times the compute stage only.
         threads: backend worker threads.
         seed: seeds the bootstrap.
+        side_by_side: time the baseline's artifact (still on disk, unchanged) in alternating trials with
+            ``artifact`` and compare with those timings instead of the stored samples: machine drift between the
+            baseline's day and today cancels out. Accuracy still compares with the baseline.
         runner: an already open runner for ``artifact`` to time latency with (not closed here); accuracy always
             runs ``artifact`` itself through :func:`edgeres.infer.infer_folder`.
+        baseline_runner: with ``side_by_side``, an already open runner for the baseline's artifact.
         quiet: no progress output.
 
     Returns:
@@ -381,8 +390,12 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
         GateInputError: (exit 2) a missing or unreadable baseline, a baseline from another artifact/model/device
             without ``allow_mismatch``, a metric asked for that the baseline lacks, bad options.
     """
+    if side_by_side and update_baseline:
+        raise GateInputError("--side-by-side compares with an existing baseline; it cannot be combined with "
+                             "--update-baseline")
     base = None if update_baseline else load_baseline(baseline)
     notes: list[str] = []
+    side_trials: dict[int, list[list[float]]] | None = None
     with contextlib.ExitStack() as stack:
         if runner is None:
             runner = stack.enter_context(_open(artifact, threads))
@@ -401,12 +414,18 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                 notes += _compare_accuracy_inputs(base, now, allow_mismatch)
         if latency and (base is None or base.latency):
             sizes = _latency_batches(batches, base, runner)
-            trials_ms = measure_latency(runner, batches=sizes, trials=trials, trial_duration_s=trial_duration_s,
-                                        trial_iterations=trial_iterations, warmup_s=warmup_s, transfers=transfers,
-                                        quiet=quiet)
-            now.latency = {"trials": {str(b): t for b, t in trials_ms.items()},
+            runners = [runner]
+            if side_by_side:
+                runners.append(baseline_runner or stack.enter_context(_open(_baseline_artifact(base), threads)))
+                notes.append(f"latency measured side by side with the baseline's artifact {base.artifact.path} "
+                             f"in {trials} alternating trials; the stored samples were not used")
+            measured = measure_latency(runners, batches=sizes, trials=trials, trial_duration_s=trial_duration_s,
+                                       trial_iterations=trial_iterations, warmup_s=warmup_s, transfers=transfers,
+                                       quiet=quiet)
+            now.latency = {"trials": {str(b): t for b, t in measured[0].items()},
                            "settings": {"trials": trials, "trial_duration_s": trial_duration_s,
                                         "trial_iterations": trial_iterations, "transfers": transfers}}
+            side_trials = measured[1] if side_by_side else None
         elif latency:
             notes.append("the baseline has no latency; latency not compared (rewrite it without --no-latency)")
     if now.accuracy is None and now.latency is None:
@@ -421,7 +440,7 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
     if base is not None and base.accuracy and now.accuracy is not None:
         rows += _accuracy_rows(base.accuracy, now.accuracy, tolerances)
     if base is not None and now.latency is not None:
-        rows += _latency_rows(base.latency_trials(), now.latency_trials(), tolerances, seed)
+        rows += _latency_rows(side_trials or base.latency_trials(), now.latency_trials(), tolerances, seed)
     return CheckResult(info, str(baseline), rows, notes, now)
 
 
@@ -438,6 +457,20 @@ def _check_identity(base: Baseline, now: Baseline, allow_mismatch: bool, path: s
     for key, (old, new) in changed.items():
         notes.append(f"environment {key} changed: {old!r} -> {new!r}")
     return notes
+
+
+def _baseline_artifact(base: Baseline | None) -> Path:
+    """The baseline's artifact file, refused when it is gone or has changed since the baseline was written."""
+    if base is None:
+        raise GateInputError("--side-by-side needs an existing baseline")
+    path = Path(base.artifact.path)
+    if not path.is_file():
+        raise GateInputError(f"--side-by-side needs the baseline's artifact {path}, which is gone; keep it beside "
+                             "the baseline or compare with the stored samples")
+    if sha256_file(path) != base.artifact.sha256:
+        raise GateInputError(f"--side-by-side: {path} changed since the baseline was written (sha256 differs); "
+                             "restore it or compare with the stored samples")
+    return path
 
 
 def _resolve_data(data: str | Path | None, base: Baseline | None, reference: str | Path | None) -> Path | None:

@@ -219,7 +219,7 @@ def test_cli_inconclusive_latency_exit_3(setup: dict[str, Path]) -> None:
     _scale_trials(setup["baseline"], [0.1, 0.3, 1.0, 3.0, 10.0])
     res = _cli(setup["good"], "--baseline", setup["baseline"], "--trials", "5", "--trial-duration", "20ms", "--json")
     assert res.exit_code == 3, res.output
-    verdict = json.loads(res.output)
+    verdict = json.loads(res.stdout)
     assert verdict["verdict"] == "INCONCLUSIVE" and verdict["exit_code"] == 3
     assert {r["metric"] for r in verdict["rows"]} == {"latency median b1", "latency p99 b1"}
 
@@ -247,3 +247,51 @@ def test_tensorrt_engine_gate_is_bound_to_its_gpu(setup: dict[str, Path],
     install(monkeypatch, "10.13.3", gpu=FakeGpu(devices=[other]))
     with pytest.raises(BaselineMismatch, match=r"device 'NVIDIA Jetson AGX Orin \(fake\)' -> 'NVIDIA Jetson AGX"):
         check(engine, baseline=setup["baseline"], latency=False, quiet=True)
+
+
+def test_side_by_side_cancels_machine_drift(setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
+    """Baseline written on a quiet day (4 ms); today everything runs 30 % slower. Against the stored samples the
+    unchanged speed looks like a regression; timed side by side with the baseline's artifact it passes, and a
+    really slower candidate still fails."""
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1), **FAST)
+
+    def today(ms: float, seed: int) -> SleepRunner:
+        return SleepRunner(CARD, ms=ms * 1.3, clock=virtual_clock, jitter=0.05, seed=seed)
+
+    stored = check(setup["worse"], baseline=setup["baseline"], allow_mismatch=True, latency=True,
+                   runner=today(4.0, 2), **FAST)
+    assert _verdicts(stored)["latency median b1"] is Verdict.FAIL
+    side = check(setup["worse"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=True,
+                 runner=today(4.0, 2), baseline_runner=today(4.0, 3), **FAST)
+    assert _verdicts(side)["latency median b1"] is Verdict.PASS
+    assert any("side by side" in n for n in side.notes)
+    slower = check(setup["worse"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=True,
+                   runner=today(5.0, 2), baseline_runner=today(4.0, 3), **FAST)
+    assert _verdicts(slower)["latency median b1"] is Verdict.FAIL and slower.exit_code == 1
+
+
+def test_side_by_side_needs_the_unchanged_baseline_artifact(setup: dict[str, Path]) -> None:
+    copy = setup["tmp"] / "copy.onnx"
+    shutil.copy(setup["good"], copy)
+    check(copy, baseline=setup["baseline"], update_baseline=True, batches=(1,), runner=SleepRunner(CARD, ms=0.1),
+          **FAST)
+    with pytest.raises(GateInputError, match="cannot be combined"):
+        check(copy, baseline=setup["baseline"], update_baseline=True, side_by_side=True, **FAST)
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    with pytest.raises(GateInputError, match="changed since the baseline"):
+        check(setup["good"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=True, **FAST)
+    copy.unlink()
+    with pytest.raises(GateInputError, match="which is gone"):
+        check(setup["good"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=True, **FAST)
+
+
+def test_cli_side_by_side(setup: dict[str, Path]) -> None:
+    assert _cli(setup["good"], "--baseline", setup["baseline"], "--update-baseline", "--batch", "1", "--trials", "3",
+                "--trial-duration", "20ms").exit_code == 0
+    res = _cli(setup["worse"], "--baseline", setup["baseline"], "--allow-mismatch", "--side-by-side", "--trials", "3",
+               "--trial-duration", "20ms", "--json")
+    assert res.exit_code in (0, 1, 3), res.output
+    verdict = json.loads(res.stdout)
+    assert any("side by side" in n for n in verdict["notes"])
+    assert [r["metric"] for r in verdict["rows"]] == ["latency median b1", "latency p99 b1"]
