@@ -1,0 +1,203 @@
+"""Our calibration + Q/DQ writer versus ONNX Runtime's ``quantize_static``: time, peak memory, INT8 accuracy.
+
+Same FP32 ONNX, same calibration images (same preprocessing, batches of 32), each run in a fresh subprocess so
+its peak resident memory (``ru_maxrss``) is its own. ORT runs QDQ format, per-channel weights, with its MinMax
+and Entropy calibrators; its Entropy default has 128 bins, which with 128 quantized levels leaves a single
+candidate threshold (= MinMax), so the 2048-bin setting — TensorRT's, and ours — is run as well.
+
+Accuracy: top-1 on the digits validation split, every INT8 model run by ONNX Runtime with graph optimisations
+off (Q/DQ executed as written, no integer-kernel saturation), plus agreement with FP32.
+
+    .venv/bin/python benchmarks/calibration_vs_ort.py [--work /tmp/edgeres-bench-digits] [--images 512]
+
+Run benchmarks/calibration_accuracy.py first (it trains and exports the digits ResNet-20 into --work), or pass
+--model/--data for another model, or --synthetic resnet18 (random weights, random JPEGs); accuracy is then only
+agreement with FP32 on (up to 256 of) the calibration images.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUNS = {  # name -> (worker, method, extra options for ORT)
+    "ours minmax": ("ours", "minmax", {}),
+    "ours entropy": ("ours", "entropy", {}),
+    "ORT MinMax": ("ort", "MinMax", {}),
+    "ORT Entropy (128 bins)": ("ort", "Entropy", {}),
+    "ORT Entropy (2048 bins)": ("ort", "Entropy", {"CalibNumBins": 2048}),
+}
+
+
+def worker(kind: str, method: str, extra: dict, model: str, paths_file: str, out: str, batch: int) -> None:
+    """Runs in a fresh process: calibrate + write the Q/DQ model, print seconds and peak RSS as JSON."""
+    import resource
+
+    start = time.perf_counter()
+    paths = [Path(p) for p in json.loads(Path(paths_file).read_text())]
+    if kind == "ours":
+        from edgeres.calibrate import calibrate
+        from edgeres.quantize import quantize_qdq
+
+        # the same images, through the public API: a folder whose calibration.txt lists them
+        listing = Path(out).with_suffix(".images")
+        listing.mkdir(exist_ok=True)
+        (listing / "calibration.txt").write_text("\n".join(str(p) for p in paths) + "\n")
+        ranges = calibrate(model, data=listing, method=method, images=len(paths), batch_size=batch, quiet=True)
+        quantize_qdq(model, ranges, out=out, activations="s8")
+    else:
+        from onnxruntime.quantization import (
+            CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+        )
+
+        from edgeres.card import read_onnx_card
+        from edgeres.data import load_batch
+
+        pre = read_onnx_card(model).preprocess
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.start = 0
+
+            def get_next(self):
+                if self.start >= len(paths):
+                    return None
+                chunk = paths[self.start:self.start + batch]
+                self.start += batch
+                return {"input": load_batch(chunk, pre)}
+
+        quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method), extra_options=extra)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+
+
+def synthetic(work: Path, arch: str, count: int) -> tuple[Path, Path]:
+    """A random-weight ``arch`` at 224x224 with an ImageNet card, and ``count`` random 256x256 JPEGs."""
+    import warnings
+
+    import numpy as np
+    import onnx
+    import torch
+    from PIL import Image
+
+    from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
+    from edgeres.models import create
+
+    model, data = work / f"{arch}.onnx", work / f"{arch}_images"
+    if not model.exists():
+        torch.manual_seed(0)
+        net = create(arch, num_classes=1000)
+        net.train()
+        with torch.no_grad():
+            for _ in range(3):
+                net(torch.randn(8, 3, 224, 224))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net.eval(), torch.zeros(1, 3, 224, 224), str(model), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
+        proto = onnx.load(str(model))
+        attach_card_to_onnx(proto, ModelCard(arch=arch, class_names=[str(i) for i in range(1000)],
+                                             preprocess=Preprocess.imagenet()))
+        onnx.save(proto, str(model))
+    rng = np.random.default_rng(0)
+    data.mkdir(exist_ok=True)
+    for i in range(len(list(data.glob("*.jpg"))), count):
+        base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((256, 256), Image.BILINEAR)
+        img.save(data / f"{i:04d}.jpg", quality=90)
+    return model, data
+
+
+def evaluate(path: Path, x):
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + 64]})[0] for i in range(0, len(x), 64)]).argmax(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/edgeres-bench-digits"))
+    parser.add_argument("--model", type=Path, help="FP32 ONNX [WORK/resnet20.onnx]")
+    parser.add_argument("--data", type=Path, help="calibration images [the digits set's training split]")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--synthetic", metavar="ARCH", help="random-weight ARCH at 224 on random JPEGs (e.g. resnet18)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--paths", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # keep the table readable (e.g. 'only 200 images' warnings)
+    if args.worker:
+        kind, method, model = args.worker
+        worker(kind, method, json.loads(args.extra), model, args.paths, args.out, args.batch)
+        return
+
+    import numpy as np
+
+    from edgeres.calibrate import select_images
+    from edgeres.card import read_onnx_card
+    from edgeres.data import load_batch, open_dataset
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.synthetic:
+        args.model, args.data = synthetic(args.work, args.synthetic, args.images)
+    model = args.model or args.work / "resnet20.onnx"
+    data = args.data or args.work / "digits" / "train"
+    card = read_onnx_card(str(model))
+    paths = select_images(model, card, data=data, images=args.images, batch_size=args.batch, seed=0)
+    paths_file = args.work / "calibration_paths.json"
+    paths_file.write_text(json.dumps([str(p) for p in paths]))
+    if args.data is None:
+        val = open_dataset(args.work / "digits").val
+        x, y = load_batch(val.paths, card.preprocess), np.array(val.labels)
+    else:
+        x, y = load_batch(paths[:256], card.preprocess), None
+    fp32 = evaluate(model, x)
+    print(f"{model.name}: {len(paths)} calibration images, batch {args.batch}; accuracy on "
+          f"{'digits val' if y is not None else 'calibration images'} ({len(x)} images)")
+    print(f"{'run':<25} {'wall s':>7} {'work s':>7} {'peak MB':>8} {'top-1':>7} {'agree':>7}")
+    if y is not None:
+        print(f"{'FP32':<25} {'':>7} {'':>7} {'':>8} {100 * (fp32 == y).mean():6.2f}%")
+    results = {}
+    for name, (kind, method, extra) in RUNS.items():
+        out = args.work / f"peer_{name.replace(' ', '_').replace('(', '').replace(')', '')}.onnx"
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--worker", kind, method, str(model), "--extra",
+                               json.dumps(extra), "--paths", str(paths_file), "--out", str(out), "--batch",
+                               str(args.batch)], capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            print(f"{name:<25} failed: {proc.stderr.strip().splitlines()[-1]}")
+            continue
+        stats = json.loads(proc.stdout.strip().splitlines()[-1])
+        pred = evaluate(out, x)
+        top1 = f"{100 * (pred == y).mean():6.2f}%" if y is not None else "     -"
+        results[name] = (wall, stats["peak_mb"])
+        print(f"{name:<25} {wall:7.1f} {stats['seconds']:7.1f} {stats['peak_mb']:8.0f} {top1} "
+              f"{100 * (pred == fp32).mean():6.2f}%")
+    for ours, peer in (("ours minmax", "ORT MinMax"), ("ours entropy", "ORT Entropy (2048 bins)"),
+                       ("ours entropy", "ORT Entropy (128 bins)")):
+        if ours in results and peer in results:
+            (wo, mo), (wp, mp) = results[ours], results[peer]
+            print(f"{ours} vs {peer}: {wp / wo:.1f}x faster, {mo / mp:.2f}x the peak memory")
+
+
+if __name__ == "__main__":
+    main()
