@@ -326,7 +326,11 @@ def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, d
 @click.option("--tol-latency", default=0.10, show_default=True, type=click.FloatRange(min=0),
               help="Largest allowed growth of median and p99 latency (0.10 = +10%).")
 @click.option("--no-latency", is_flag=True, help="Skip latency: accuracy only (fast).")
-@click.option("--batch", "batches", help="Batch sizes for latency [the baseline's; new baseline: 1 and the profile's opt].")
+@click.option("--side-by-side", is_flag=True,
+              help="Time the baseline's artifact (still on disk) in alternating trials with ARTIFACT and compare "
+                   "with those, not the stored samples: machine drift cancels out.")
+@click.option("--batch", "batches",
+              help="Batch sizes for latency [the baseline's; new baseline: 1 and the profile's opt].")
 @click.option("--trials", default=5, show_default=True, type=click.IntRange(min=1),
               help="Alternating latency trials (more trials: narrower intervals, fewer inconclusive verdicts).")
 @click.option("--trial-duration", default="300ms", show_default=True, callback=_duration_option,
@@ -337,7 +341,8 @@ def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, d
 def check_cmd(ctx: click.Context, artifact: Path, baseline: Path, data: Path | None, reference: Path | None,
               update_baseline: bool, allow_mismatch: bool, junit: Path | None, report: Path | None,
               tol_accuracy_pp: float, tol_reference: float, tol_latency: float, no_latency: bool,
-              batches: str | None, trials: int, trial_duration: float, threads: int | None, as_json: bool) -> None:
+              side_by_side: bool, batches: str | None, trials: int, trial_duration: float, threads: int | None,
+              as_json: bool) -> None:
     """Gate ARTIFACT against a baseline: accuracy and latency, each PASS / FAIL / INCONCLUSIVE.
 
     Exit status: 0 pass, 1 regression, 2 usage or input error, 3 inconclusive (latency too noisy to tell).
@@ -354,7 +359,7 @@ def check_cmd(ctx: click.Context, artifact: Path, baseline: Path, data: Path | N
         result = run_check(artifact, baseline=baseline, data=data, reference=reference, tolerances=tolerances,
                            update_baseline=update_baseline, allow_mismatch=allow_mismatch, latency=not no_latency,
                            batches=batches, trials=trials, trial_duration_s=trial_duration, threads=threads,
-                           quiet=quiet_flag(ctx))
+                           side_by_side=side_by_side, quiet=quiet_flag(ctx))
     except EdgeresError as exc:
         if exc.exit_code == 2 or (ctx.obj and ctx.obj.get("debug")):
             raise
@@ -472,6 +477,20 @@ def infer(ctx: click.Context, artifact: Path, images: Path, batch: int, top_k: i
     if strict and result.skipped:
         first = result.skipped[0]
         raise DataError(f"{len(result.skipped)} file(s) skipped (--strict), first {first.path}: {first.reason}")
+
+
+@cli.command("compare")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as one JSON object.")
+def compare_results(results: tuple[Path, ...], as_json: bool) -> None:
+    """Print the summaries of several `edgeres infer --out X.json` RESULTS side by side (accuracy, latency)."""
+    from edgeres.infer import compare_table, load_summary
+
+    summaries = {path.stem: load_summary(path) for path in results}
+    if as_json:
+        echo_json(summaries)
+    else:
+        click.echo(compare_table(summaries))
 # --- end build/infer commands ---
 
 
