@@ -28,11 +28,18 @@ def atomic_path(target: str | os.PathLike[str], *, force: bool = True) -> Iterat
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the target
         yield tmp
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(target: str | os.PathLike[str], data: bytes, *, force: bool = True) -> Path:
