@@ -246,7 +246,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
                 loss.backward()
                 optimizer.step()
                 seen += len(idx)
-                loss_sum += float(loss) * len(idx)
+                loss_sum += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
                 bar.update(len(idx), loss=loss_sum / seen, acc=correct / seen)
             val_top1 = evaluate(model, x_val, y_val)
