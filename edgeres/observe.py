@@ -3,12 +3,14 @@
 Only the tensors a Q/DQ model will quantize are observed (:func:`edgeres.quantize.tensors_to_observe`): they
 become extra graph outputs of a BatchNorm-folded copy of the model, ONNX Runtime runs it once per batch, and
 each batch's values go to the collector before the next batch runs, so memory holds one batch of intermediates,
-never all images' intermediates at once.
+never all images' intermediates at once. The next batch is decoded in a background thread while the model runs.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+import queue
+import threading
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -68,7 +70,7 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
     input_names = [i.name for i in session.get_inputs()]
     count = 0
     with Progress(total, desc, unit="img", quiet=quiet) as bar:
-        for batch in batches:
+        for batch in _prefetch(batches):
             feed = _feed(batch, input_names)
             try:
                 outputs = session.run(names, feed)
@@ -90,3 +92,44 @@ def _feed(batch: Mapping[str, np.ndarray], input_names: list[str]) -> dict[str, 
     if missing:
         raise InputError(f"calibration batch lacks model input {missing[0]!r} (it has {', '.join(batch)})")
     return {n: np.ascontiguousarray(batch[n], dtype=np.float32) for n in input_names}
+
+
+_DONE = object()
+
+
+def _prefetch(batches: Iterable[Any]) -> Iterator[Any]:
+    """Iterate ``batches`` one item ahead in a background thread (image decoding overlaps inference).
+
+    At most two batches exist at once; an exception in the producer is re-raised here.
+    """
+    slots: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                slots.put(item)
+            slots.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(exc)
+
+    worker = threading.Thread(target=produce, name="calibration-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()
