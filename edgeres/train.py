@@ -257,7 +257,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
         _save_checkpoint(out, model=model, optimizer=optimizer, card=card, cfg=cfg, epoch=epoch + 1,
                          history=history)
     seconds = time.perf_counter() - begin
-    if not history:
+    if start_epoch >= cfg.epochs:
         raise InputError(f"nothing to train: {out} already finished {start_epoch} epochs; raise --epochs")
     metrics = _metrics(history)
     return TrainResult(checkpoint=out, best_val_top1=metrics["best_val_top1"],
