@@ -1,0 +1,88 @@
+"""Shared session fixtures: the real digits set, a small slice of it, a tiny trained ResNet-20 and its ONNX.
+
+Everything lives under ``tmp_path_factory`` and is built once per session; tests that modify files copy them first.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+SLICE_TRAIN_PER_CLASS = 20
+SLICE_VAL_PER_CLASS = 10
+
+
+def copy_digits_slice(src: Path, dst: Path, *, train_per_class: int, val_per_class: int) -> Path:
+    """Copy the first images of every class of a ``{train,val}/<class>/`` folder into ``dst`` (same layout)."""
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for class_dir in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+            target = dst / split / class_dir.name
+            target.mkdir(parents=True)
+            for image in sorted(class_dir.glob("*.png"))[:count]:
+                shutil.copy2(image, target / image.name)
+    return dst
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restore torch's thread count afterwards (``TrainConfig.threads`` sets it for the whole process)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def keep_torch_threads() -> Iterator[None]:
+    """For tests that train with ``threads=...``: torch's thread count is restored after the test."""
+    with torch_threads_kept():
+        yield
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full built-in digits set (1,797 real scans) written by ``edgeres.data.write_digits``. Read-only."""
+    from edgeres.data import write_digits
+
+    out = tmp_path_factory.mktemp("digits-full") / "digits"
+    write_digits(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_slice(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 train and 10 val images per class of the digits set (200 + 100 images). Read-only."""
+    return copy_digits_slice(digits_dir, tmp_path_factory.mktemp("digits-slice") / "digits",
+                             train_per_class=SLICE_TRAIN_PER_CLASS, val_per_class=SLICE_VAL_PER_CLASS)
+
+
+# Small batches and a few epochs: enough steps on 200 images to leave chance level far behind. One torch thread:
+# on 2 busy cores, two threads are several times slower than one.
+TINY_TRAIN_CONFIG = dict(arch="resnet20", epochs=4, batch_size=8, lr=0.05, seed=0, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(digits_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-20 trained briefly on :func:`digits_slice` (an edgeres checkpoint with its card). Read-only."""
+    from edgeres.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny-model") / "model.pt"
+    with torch_threads_kept():
+        train(digits_slice, out=out, config=TrainConfig(**TINY_TRAIN_CONFIG), quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path) -> Path:
+    """:func:`tiny_checkpoint` exported with ``edgeres.export.export_onnx`` (dynamic batch, opset 17). Read-only."""
+    from edgeres.export import export_onnx
+
+    out = tiny_checkpoint.with_suffix(".onnx")
+    export_onnx(tiny_checkpoint, out=out, quiet=True)
+    return out
