@@ -106,9 +106,11 @@ def test_accuracy_on_class_named_folders(artifact: Path, tmp_path: Path) -> None
     assert "accuracy top-1 50.00%" in summary_table(result)
 
 
-def test_bad_files_are_skipped_and_listed(artifact: Path, tmp_path: Path) -> None:
+def test_bad_files_are_skipped_and_listed(artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "mixed"
     good = [_image(folder / "good1.png", 1), _image(folder / "good2.jpg", 2, fmt="JPEG", size=(64, 48))]
+    _image(folder / "bomb.png", 3, size=(120, 100))  # over the (lowered) decompression-bomb limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48)
     (folder / "empty.png").write_bytes(b"")
     (folder / "text.jpg").write_text("not an image at all")
     jpeg = good[1].read_bytes()
@@ -117,13 +119,14 @@ def test_bad_files_are_skipped_and_listed(artifact: Path, tmp_path: Path) -> Non
     result = infer_folder(artifact, folder, batch=2, quiet=True)
     assert sorted(Path(p.path).name for p in result.predictions) == ["good1.png", "good2.jpg"]
     reasons = {Path(s.path).name: s.reason for s in result.skipped}
-    assert set(reasons) == {"empty.png", "text.jpg", "truncated.jpg"}
+    assert set(reasons) == {"empty.png", "text.jpg", "truncated.jpg", "bomb.png"}
+    assert "decompression bomb" in reasons["bomb.png"]
     assert "empty" in reasons["empty.png"]
     assert "not an image" in reasons["text.jpg"]
     assert "truncated" in reasons["truncated.jpg"] or "corrupt" in reasons["truncated.jpg"]
-    assert result.summary["skipped"] == 3 and result.summary["images"] == 2
+    assert result.summary["skipped"] == 4 and result.summary["images"] == 2
     assert "SKIPPED" in predictions_table(result)
-    with pytest.raises(DataError, match="3 file\\(s\\) skipped under --strict") as info:
+    with pytest.raises(DataError, match="4 file\\(s\\) skipped under --strict") as info:
         infer_folder(artifact, folder, batch=2, strict=True, quiet=True)
     assert len(info.value.result.predictions) == 2  # the good ones were still classified
 
