@@ -16,39 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from edgeres.backends.base import Runner
+from edgeres.baseline import (  # Baseline, BASELINE_FORMAT, BaselineMismatch, load_baseline: re-exported
+    BASELINE_FORMAT, Baseline, BaselineMismatch, baseline_artifact, load_baseline, match_accuracy_inputs,
+    match_identity, save_baseline,
+)
 from edgeres.bench import (
     ArtifactInfo, describe_artifact, input_batch, parse_batches, runner_environment, split_by_profile, time_calls,
 )
-from edgeres.environment import Environment
-from edgeres.errors import InputError
-from edgeres.io import sha256_file, write_json_atomic
+from edgeres.errors import GateInputError  # re-exported
+from edgeres.io import sha256_file
 from edgeres.stats import Verdict, judge, pooled_statistic, ratio_ci
 
 log = logging.getLogger(__name__)
 
-BASELINE_FORMAT = 1
 TRIAL_MIN_ITERATIONS = 20  # per trial and batch size: 5 trials then give p99 at least 100 samples to stand on
 TRIAL_MAX_ITERATIONS = 1000  # enough for median and p99; keeps the baseline small and the bootstrap ~1 s
-_IDENTITY = (("artifact sha256", "sha256"), ("model sha256", "model_sha256"), ("backend", "backend"))
-_NOTED_ENV = ("backend_version", "threads", "power_mode", "clocks", "edgeres_version", "gpu_name")
-
-
-class GateInputError(InputError):
-    """A usage or input error of the gate: exit status 2, apart from regressions (1) and inconclusive (3)."""
-
-    exit_code = 2
-
-
-class BaselineMismatch(GateInputError):
-    """The baseline was recorded for another artifact, model, device or dataset."""
 
 
 @dataclass(frozen=True)
@@ -99,62 +87,6 @@ class Row:
         return {"metric": self.metric, "baseline": self.baseline, "now": self.now, "unit": self.unit,
                 "change": self.change_text, "tolerance": self.tolerance_text, "verdict": self.verdict.value,
                 "message": self.message}
-
-
-@dataclass
-class Baseline:
-    """What a baseline JSON holds: the artifact's identity, its environment and the raw measurements."""
-
-    artifact: ArtifactInfo
-    environment: Environment
-    accuracy: dict[str, Any] | None = None  # {"data": {...}, "top1", "top5", "reference": {...}, "agreement"}
-    latency: dict[str, Any] | None = None  # {"trials": {"1": [[ms, ...], ...]}, "settings": {...}}
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-
-    @property
-    def device(self) -> str:
-        return self.environment.device
-
-    def latency_trials(self) -> dict[int, list[list[float]]]:
-        if not self.latency:
-            return {}
-        return {int(b): [list(map(float, t)) for t in trials] for b, trials in self.latency["trials"].items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": BASELINE_FORMAT, "kind": "edgeres.baseline", "created": self.created,
-                "artifact": self.artifact.to_dict(), "device": self.device,
-                "environment": self.environment.to_dict(), "accuracy": self.accuracy, "latency": self.latency}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Baseline:
-        if data.get("kind") != "edgeres.baseline":
-            raise GateInputError("not an edgeres baseline (no kind 'edgeres.baseline'); write one with "
-                                 "`edgeres check ARTIFACT --baseline FILE --update-baseline`")
-        try:
-            return cls(artifact=ArtifactInfo(**data["artifact"]),
-                       environment=Environment.from_dict(data["environment"]), accuracy=data.get("accuracy"),
-                       latency=data.get("latency"), created=data.get("created", ""))
-        except (KeyError, TypeError) as exc:
-            raise GateInputError(f"baseline is incomplete ({exc}); rewrite it with --update-baseline") from exc
-
-
-def load_baseline(path: str | Path) -> Baseline:
-    """Read a baseline JSON.
-
-    Raises:
-        GateInputError: when the file is missing or is not a baseline.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise GateInputError(f"baseline {path} not found; write it with `edgeres check ARTIFACT --baseline {path} "
-                             "--update-baseline`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GateInputError(f"cannot read baseline {path} ({exc})") from exc
-    if not isinstance(data, dict):
-        raise GateInputError(f"baseline {path} is not a JSON object")
-    return Baseline.from_dict(data)
 
 
 # --- accuracy -------------------------------------------------------------------------------------------------
@@ -290,14 +222,6 @@ class CheckResult:
                 "notes": self.notes}
 
 
-def _identity_differences(base: Baseline, now: Baseline) -> list[str]:
-    diffs = [f"{label} {getattr(base.artifact, key)[:16]} -> {getattr(now.artifact, key)[:16]}"
-             for label, key in _IDENTITY if getattr(base.artifact, key) != getattr(now.artifact, key)]
-    if base.device != now.device:
-        diffs.append(f"device {base.device!r} -> {now.device!r}")
-    return diffs
-
-
 def _accuracy_rows(base: dict[str, Any], now: dict[str, Any], tol: Tolerances) -> list[Row]:
     rows = []
     keys = [("top1", "top-1 accuracy")] + ([("top5", f"top-{now['top_k']} accuracy")] if now["top_k"] > 1 else [])
@@ -402,7 +326,7 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
         info = describe_artifact(artifact, runner=runner)
         now = Baseline(artifact=info, environment=runner_environment(runner, info))
         if base is not None:
-            notes += _check_identity(base, now, allow_mismatch, baseline)
+            notes += match_identity(base, now, allow_mismatch=allow_mismatch, path=baseline)
         data = _resolve_data(data, base, reference)
         if data is not None:
             reference = _resolve_reference(reference, base, notes)
@@ -411,12 +335,12 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
             if reference is not None:
                 now.accuracy["reference"].update(path=str(Path(reference).resolve()), sha256=sha256_file(reference))
             if base is not None:
-                notes += _compare_accuracy_inputs(base, now, allow_mismatch)
+                notes += match_accuracy_inputs(base, now, allow_mismatch=allow_mismatch)
         if latency and (base is None or base.latency):
             sizes = _latency_batches(batches, base, runner)
             runners = [runner]
             if side_by_side:
-                runners.append(baseline_runner or stack.enter_context(_open(_baseline_artifact(base), threads)))
+                runners.append(baseline_runner or stack.enter_context(_open(baseline_artifact(base), threads)))
                 notes.append(f"latency measured side by side with the baseline's artifact {base.artifact.path} "
                              f"in {trials} alternating trials; the stored samples were not used")
             measured = measure_latency(runners, batches=sizes, trials=trials, trial_duration_s=trial_duration_s,
@@ -433,7 +357,7 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                              if base is None else "nothing to compare: the baseline holds only what --no-latency "
                              "skips; leave it out, or rewrite the baseline with --data DIR")
     if update_baseline:
-        write_json_atomic(baseline, now.to_dict())
+        save_baseline(now, baseline)
         log.info("wrote baseline %s", baseline)
         return CheckResult(info, str(baseline), _measured_rows(now), notes, now, updated=True)
     rows: list[Row] = []
@@ -442,35 +366,6 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
     if base is not None and now.latency is not None:
         rows += _latency_rows(side_trials or base.latency_trials(), now.latency_trials(), tolerances, seed)
     return CheckResult(info, str(baseline), rows, notes, now)
-
-
-def _check_identity(base: Baseline, now: Baseline, allow_mismatch: bool, path: str | Path) -> list[str]:
-    diffs = _identity_differences(base, now)
-    if diffs and not allow_mismatch:
-        raise BaselineMismatch(f"baseline {path} was recorded for something else ({'; '.join(diffs)}); pass "
-                               "--allow-mismatch to compare anyway, or --update-baseline to replace it")
-    notes = []
-    if diffs:
-        notes.append(f"baseline mismatch allowed: {'; '.join(diffs)}")
-        log.warning("comparing with a baseline of another artifact/model/device: %s", "; ".join(diffs))
-    changed = base.environment.differences(now.environment, keys=_NOTED_ENV)
-    for key, (old, new) in changed.items():
-        notes.append(f"environment {key} changed: {old!r} -> {new!r}")
-    return notes
-
-
-def _baseline_artifact(base: Baseline | None) -> Path:
-    """The baseline's artifact file, refused when it is gone or has changed since the baseline was written."""
-    if base is None:
-        raise GateInputError("--side-by-side needs an existing baseline")
-    path = Path(base.artifact.path)
-    if not path.is_file():
-        raise GateInputError(f"--side-by-side needs the baseline's artifact {path}, which is gone; keep it beside "
-                             "the baseline or compare with the stored samples")
-    if sha256_file(path) != base.artifact.sha256:
-        raise GateInputError(f"--side-by-side: {path} changed since the baseline was written (sha256 differs); "
-                             "restore it or compare with the stored samples")
-    return path
 
 
 def _resolve_data(data: str | Path | None, base: Baseline | None, reference: str | Path | None) -> Path | None:
@@ -502,24 +397,6 @@ def _resolve_reference(reference: str | Path | None, base: Baseline | None, note
     notes.append(f"the baseline's reference {stored['path']} is gone; the reference rule was not checked "
                  "(pass --reference)")
     return None
-
-
-def _compare_accuracy_inputs(base: Baseline, now: Baseline, allow_mismatch: bool) -> list[str]:
-    """Refuse (or, allowed, note) a dataset that differs from the baseline's; note a different reference."""
-    notes = []
-    old, new = base.accuracy or {}, now.accuracy or {}
-    if old["data"]["digest"] != new["data"]["digest"]:
-        msg = (f"dataset differs from the baseline's ({old['data']['images']} images in {old['data']['root']} -> "
-               f"{new['data']['images']} in {new['data']['root']})")
-        if not allow_mismatch:
-            raise BaselineMismatch(f"{msg}; check on the same folder, pass --allow-mismatch, or --update-baseline")
-        log.warning("%s", msg)
-        notes.append(msg)
-    old_ref, new_ref = old.get("reference") or {}, new.get("reference") or {}
-    if old_ref.get("sha256") and new_ref.get("sha256") and old_ref["sha256"] != new_ref["sha256"]:
-        notes.append(f"the reference model differs from the baseline's (sha256 {old_ref['sha256'][:12]} -> "
-                     f"{new_ref['sha256'][:12]}): agreement compares different references")
-    return notes
 
 
 def _latency_batches(batches: Sequence[int] | str | None, base: Baseline | None, runner: Runner) -> list[int]:

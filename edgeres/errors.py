@@ -35,3 +35,9 @@ class BackendError(EdgeresError):
 
 class BackendUnavailable(BackendError):
     """A backend's runtime (TensorRT, pycuda, a CUDA device) is not present on this machine."""
+
+
+class GateInputError(InputError):
+    """A usage or input error of the gate: exit status 2, apart from regressions (1) and inconclusive (3)."""
+
+    exit_code = 2
