@@ -37,7 +37,8 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
             flat folder of images. Default: the calibration list or training set recorded in the model card.
         method: ``entropy`` (TensorRT's EntropyCalibration2), ``minmax``, ``percentile`` or ``mse``.
         images: how many images to sample (all of them when fewer are available).
-        batch_size: images per ONNX Runtime run.
+        batch_size: images decoded per batch (ONNX Runtime runs them in slices of
+            :data:`edgeres.observe.RUN_BATCH`, which bounds peak memory).
         seed: seed of the sampling.
         quiet: no progress bar.
         **method_options: the collector's options, e.g. ``percentile=99.9`` or ``num_bins=4096``.

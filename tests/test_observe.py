@@ -95,6 +95,10 @@ def test_one_run_per_batch_and_only_batch_sized_arrays(model, capsys):
     assert len(recorder.calls) == 3 * len(names)
     assert all(shape[0] in (4, 2) for _, shape in recorder.calls)
     assert "img/s" in capsys.readouterr().err  # the progress bar reports images per second
+    sliced = _Recorder()
+    observe(model, ({"input": images[i:i + 4]} for i in range(0, 10, 4)), sliced, quiet=True, run_batch=2)
+    assert len(sliced.calls) == 5 * len(names)  # 4 → 2 + 2, 4 → 2 + 2, 2 → 2: peak memory set by run_batch
+    assert all(shape[0] == 2 for _, shape in sliced.calls)
 
 
 def test_bad_batches_and_tensors_are_refused(model):
