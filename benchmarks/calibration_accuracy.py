@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeres.calibrate import calibrate  # noqa: E402
 from edgeres.card import read_onnx_card  # noqa: E402
-from edgeres.data import load_batch, open_dataset, write_digits  # noqa: E402
+from edgeres.data import load_batch, open_dataset  # noqa: E402
+from edgeres.digits import write_digits  # noqa: E402
 from edgeres.quantize import quantize_qdq  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse")

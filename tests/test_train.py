@@ -14,7 +14,8 @@ import edgeres
 from conftest import TINY_TRAIN_CONFIG, copy_digits_slice
 from edgeres import train as train_mod
 from edgeres.card import ModelCard
-from edgeres.data import digits_preprocess, list_images, load_batch
+from edgeres.data import list_images, load_batch
+from edgeres.digits import digits_preprocess
 from edgeres.errors import EdgeresError, InputError, ModelError
 from edgeres.train import TrainConfig, load_checkpoint, resolve_dataset, train
 
