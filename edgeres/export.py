@@ -46,9 +46,15 @@ def load_for_export(checkpoint: str | Path, *, arch: str | None = None,
         return load_checkpoint(checkpoint)
     if arch not in models.names():
         raise InputError(f"unknown architecture {arch!r}; choose one of: {', '.join(models.names())}")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and "card" in state:
-        state = state["model"]
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or non-weights file
+        raise ModelError(f"{checkpoint} is not a readable state dict ({str(exc).splitlines()[0]})") from exc
+    if isinstance(state, dict) and "model" in state and "card" in state:  # an edgeres checkpoint: use its card
+        if state["card"].get("arch") != arch:
+            raise ModelError(f"{checkpoint} is an edgeres checkpoint of {state['card'].get('arch')}, not {arch}; "
+                             "drop --arch")
+        return load_checkpoint(checkpoint)
     classes = num_classes or int(state["fc.weight"].shape[0]) if "fc.weight" in state else (num_classes or 1000)
     model = models.create(arch, num_classes=classes)
     try:

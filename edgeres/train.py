@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from edgeres import __version__, models
 from edgeres.card import ModelCard, Preprocess
-from edgeres.data import Dataset, ImageFolder, digits_preprocess, load_batch, open_dataset, write_digits
+from edgeres.data import Dataset, ImageFolder, load_batch, open_dataset
+from edgeres.digits import digits_preprocess, write_digits
 from edgeres.errors import InputError, ModelError
 from edgeres.io import atomic_path
 from edgeres.progress import Progress
@@ -205,7 +206,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     card = ModelCard(
         arch=cfg.arch, class_names=list(dataset.classes), preprocess=pre, model_options=dict(cfg.model_options),
         dataset=_dataset_record(dataset, dataset_name), seed=cfg.seed,
-        versions={"edgeres": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        versions={"edgeres": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
     )
     x_train, y_train = _load_split(dataset.train, pre, "train", quiet)
     x_val, y_val = _load_split(dataset.val, pre, "val", quiet)
