@@ -48,7 +48,7 @@ def keep_torch_threads() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The full built-in digits set (1,797 real scans) written by ``edgeres.data.write_digits``. Read-only."""
-    from edgeres.data import write_digits
+    from edgeres.digits import write_digits
 
     out = tmp_path_factory.mktemp("digits-full") / "digits"
     write_digits(out, seed=0)
@@ -79,10 +79,14 @@ def tiny_checkpoint(digits_slice: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tiny_checkpoint: Path) -> Path:
-    """:func:`tiny_checkpoint` exported with ``edgeres.export.export_onnx`` (dynamic batch, opset 17). Read-only."""
+def tiny_export(tiny_checkpoint: Path):
+    """The ``ExportResult`` of :func:`tiny_checkpoint` exported to ONNX (dynamic batch, opset 17, parity checked)."""
     from edgeres.export import export_onnx
 
-    out = tiny_checkpoint.with_suffix(".onnx")
-    export_onnx(tiny_checkpoint, out=out, quiet=True)
-    return out
+    return export_onnx(tiny_checkpoint, out=tiny_checkpoint.with_suffix(".onnx"), quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_export) -> Path:
+    """The ONNX file of :func:`tiny_export`, with the model card in its metadata. Read-only."""
+    return tiny_export.path
