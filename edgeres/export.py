@@ -156,6 +156,8 @@ def _check_parity(model: torch.nn.Module, onnx_path: Path, card: ModelCard, *, o
 
     batch_sizes = (fixed_batch,) if fixed_batch else (1, ODD_BATCH)
     images, source = parity_inputs(card, 2 * ODD_BATCH if not fixed_batch else 2 * fixed_batch)
+    if len(images) < max(batch_sizes):  # a small dataset: repeat its images to fill the largest batch
+        images = np.concatenate([images] * -(-max(batch_sizes) // len(images)))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     max_abs, agree, total = 0.0, 0, 0
     for bs in batch_sizes:
