@@ -106,6 +106,14 @@ def test_fixed_batch_replaces_an_existing_file_with_force(tiny_checkpoint: Path,
     assert _files(tmp_path) == ["b3.onnx"]
 
 
+def test_fixed_batch_larger_than_the_val_split(tiny_checkpoint: Path, digits_slice: Path, tmp_path: Path) -> None:
+    """100 val images, batch 101: the images are repeated to fill one batch (this divided by zero before)."""
+    assert len(list_images(digits_slice / "val")) == 100
+    result = export_onnx(tiny_checkpoint, out=tmp_path / "b101.onnx", batch=101, quiet=True)
+    assert result.batch_sizes == (101,) and result.parity_images == 101
+    assert result.top1_agreement == 1.0 and result.max_abs_diff <= 1e-4
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(opset=16), "--opset must be at least 17, got 16"),
     (dict(batch=0), "--batch must be 'dynamic' or a positive integer, got 0"),
