@@ -72,7 +72,7 @@ def resolve_dataset(data: str | Path, *, seed: int = 0, val_split: float | None 
         path = _CACHE_DIR / str(data)
         if not (path / "train").is_dir():
             log.info("writing the built-in digits dataset to %s", path)
-            write_digits(path, seed=seed, force=True)
+            write_digits(path, seed=0, force=True)  # the fixed split, not the first run's training seed
         return open_dataset(path, seed=seed), "digits"
     if not path.exists():
         raise InputError(f"dataset folder {path} does not exist; pass an image folder or the built-in name 'digits'")
