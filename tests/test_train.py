@@ -207,12 +207,13 @@ def test_builtin_digits_name_writes_the_cache_once(digits_dir: Path, tmp_path: P
     calls = []
 
     def fake_write(out: Path, *, seed: int, force: bool) -> None:  # a copy instead of sklearn's 1,797 PNGs
-        calls.append(out)
+        calls.append((out, seed))
         shutil.copytree(digits_dir, out)
 
     monkeypatch.setattr(train_mod, "write_digits", fake_write)
-    dataset, name = resolve_dataset("digits")
-    assert name == "digits" and calls == [tmp_path / "cache" / "digits"]
+    dataset, name = resolve_dataset("digits", seed=5)
+    # the cache holds the fixed seed-0 split, whatever the training seed of the run that wrote it
+    assert name == "digits" and calls == [(tmp_path / "cache" / "digits", 0)]
     assert len(dataset.train.samples) + len(dataset.val.samples) == 1797
     assert dataset.calibration  # the calibration list travels with the built-in set
     resolve_dataset("digits")
