@@ -4,7 +4,8 @@ Target: >= 97% best val top-1 within 120 s of wall time on 2 CPU cores. The comm
 as a user types it (no other flags), from an empty working folder so no ``./digits`` folder shadows the built-in
 name. The built-in digits set is written to ~/.cache/edgeres/digits beforehand (timed separately), so the wall
 time is that of the command itself: interpreter and torch start-up, loading, training, checkpoints. The accuracy
-is read back from the checkpoint's model card.
+is read back from the checkpoint's model card: the best epoch's val top-1 (the target) and the last epoch's (the
+weights the checkpoint holds).
 
     .venv/bin/python benchmarks/train_digits.py                 # the benchmark (takes up to a few minutes)
     .venv/bin/python benchmarks/train_digits.py --epochs 1      # smoke run: passes --epochs through
@@ -118,6 +119,7 @@ def main() -> int:
     print(f"{'':22}{'measured':>10}{'target':>10}  ")
     print(f"{'best val top-1':22}{100 * record['best_val_top1']:>9.1f}%{'>= ' + f'{100 * TARGET_TOP1:.0f}%':>10}  "
           f"{'PASS' if top1_ok else 'FAIL'}")
+    print(f"{'  last epoch (shipped)':22}{100 * record['final_val_top1']:>9.1f}%")
     print(f"{'wall time':22}{wall:>9.1f}s{'<= ' + f'{TARGET_WALL_S:.0f}s':>10}  {'PASS' if wall_ok else 'FAIL'}")
     print(f"{'  training loop':22}{record['train_loop_s'] or float('nan'):>9.1f}s")
     print(f"{'epochs':22}{record['epochs']:>10}")
