@@ -4,6 +4,12 @@ Weights become INT8 initializers behind a DequantizeLinear (per output channel, 
 activations get QuantizeLinear → DequantizeLinear pairs where :mod:`edgeres.quantize.graph` places them, with
 scale ``amax / 127``. The ``s8`` form is what TensorRT builds; the ``u8`` form holds the same grid in uint8
 (zero point 128, or 0 on ReLU outputs) and runs fast on ONNX Runtime's CPU kernels.
+
+Two differences make the ``u8`` form's accuracy its own number, not TensorRT's: a ReLU output with zero point 0
+has the s8 grid's points on ``[0, amax]`` but saturates at ``255/127 * amax`` instead of ``amax`` (zero point 0
+is what lets ONNX Runtime fold the ReLU into the quantization), and ONNX Runtime's u8×s8 kernels on CPUs without
+VNNI can saturate 16-bit intermediate sums. The ``s8`` model run with graph optimisations off (Q/DQ executed as
+written, in float) is the saturation-free execution whose accuracy predicts a TensorRT engine.
 """
 from __future__ import annotations
 
