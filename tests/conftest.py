@@ -15,14 +15,21 @@ SLICE_TRAIN_PER_CLASS = 20
 SLICE_VAL_PER_CLASS = 10
 
 
-def copy_digits_slice(src: Path, dst: Path, *, train_per_class: int, val_per_class: int) -> Path:
-    """Copy the first images of every class of a ``{train,val}/<class>/`` folder into ``dst`` (same layout)."""
+def copy_digits_slice(src: Path, dst: Path, *, train_per_class: int, val_per_class: int,
+                      calibration_per_class: int = 0) -> Path:
+    """Copy the first images of every class of a ``{train,val}/<class>/`` folder into ``dst`` (same layout), and
+    list the first ``calibration_per_class`` training images of each class in ``dst/calibration.txt``."""
+    calibration = []
     for split, count in (("train", train_per_class), ("val", val_per_class)):
         for class_dir in sorted(p for p in (src / split).iterdir() if p.is_dir()):
             target = dst / split / class_dir.name
             target.mkdir(parents=True)
-            for image in sorted(class_dir.glob("*.png"))[:count]:
+            for i, image in enumerate(sorted(class_dir.glob("*.png"))[:count]):
                 shutil.copy2(image, target / image.name)
+                if split == "train" and i < calibration_per_class:
+                    calibration.append(f"train/{class_dir.name}/{image.name}")
+    if calibration:
+        (dst / "calibration.txt").write_text("\n".join(calibration) + "\n", encoding="utf-8")
     return dst
 
 
@@ -57,9 +64,11 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_slice(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 train and 10 val images per class of the digits set (200 + 100 images). Read-only."""
+    """20 train and 10 val images per class of the digits set (200 + 100 images), 2 per class listed in
+    ``calibration.txt``. Read-only."""
     return copy_digits_slice(digits_dir, tmp_path_factory.mktemp("digits-slice") / "digits",
-                             train_per_class=SLICE_TRAIN_PER_CLASS, val_per_class=SLICE_VAL_PER_CLASS)
+                             train_per_class=SLICE_TRAIN_PER_CLASS, val_per_class=SLICE_VAL_PER_CLASS,
+                             calibration_per_class=2)
 
 
 # Small batches and a few epochs: enough steps on 200 images to leave chance level far behind. One torch thread:

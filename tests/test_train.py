@@ -84,6 +84,8 @@ def test_checkpoint_carries_the_model_card(tiny_checkpoint: Path, digits_slice: 
     assert card.dataset["name"] == "digits"
     assert Path(card.dataset["root"]) == digits_slice.resolve()
     assert (card.dataset["train_images"], card.dataset["val_images"]) == (200, 100)
+    calibration = [Path(p) for p in card.dataset["calibration"]]  # absolute, for calibrating the exported model
+    assert len(calibration) == 20 and all(p.is_file() and p.parent.parent.name == "train" for p in calibration)
     assert state["epoch"] == len(history) and state["config"]["epochs"] == len(history)
     model, loaded = load_checkpoint(tiny_checkpoint)
     assert loaded == card and not model.training
