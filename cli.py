@@ -72,7 +72,7 @@ def data() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing non-empty folder.")
 def data_digits(out_dir: Path, seed: int, force: bool) -> None:
     """Write scikit-learn's handwritten digits (1,797 real 8x8 scans) as an image folder OUT_DIR/{train,val}/<class>/."""
-    from edgeres.data import write_digits
+    from edgeres.digits import write_digits
 
     ds = write_digits(out_dir, seed=seed, force=force)
     click.echo(f"wrote {len(ds.train.samples)} train and {len(ds.val.samples)} val images of "
@@ -168,7 +168,7 @@ def _trt_algorithms() -> list[str]:
               help="How activations become ranges (entropy = TensorRT's EntropyCalibration2).")
 @click.option("--images", default=512, show_default=True, type=click.IntRange(min=1), help="Images to sample.")
 @click.option("--batch", "batch_size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Images per ONNX Runtime run.")
+              help="Images decoded per batch (ONNX Runtime runs 8 at a time, bounding memory).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the image sampling.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Ranges JSON [MODEL.ranges.json].")
 @click.option("--trt-cache", type=click.Path(dir_okay=False, path_type=Path),
