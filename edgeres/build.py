@@ -335,8 +335,9 @@ def _notes(result: BuildResult) -> list[str]:
                      "accuracy; pass --calib DIR")
     if result.precision == Precision.FP16.value and result.backend == BackendName.ONNXRUNTIME.value \
             and v.speedup < 1.0:
-        notes.append(f"FP16 runs {1 / v.speedup:.2f}x slower than the FP32 ONNX on this CPU: ONNX Runtime's CPU "
-                     f"kernels lack most FP16 ops and insert casts; prefer fp32 or int8 on CPUs, fp16 on GPUs")
+        notes.append(f"FP16 ran {1 / v.speedup:.2f}x slower than the FP32 ONNX in this check on this CPU: ONNX "
+                     f"Runtime's CPU kernels lack most FP16 ops and insert casts; prefer fp32 or int8 on CPUs, "
+                     f"fp16 on GPUs")
     if result.precision == Precision.INT8.value and result.backend == BackendName.ONNXRUNTIME.value:
         notes.append("ONNX Runtime int8 uses unsigned activations (zero point 128, TensorRT's grid); on CPUs "
                      "without VNNI its u8xs8 kernels can saturate, so its accuracy is reported for this form only")
