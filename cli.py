@@ -121,7 +121,7 @@ def train(ctx: click.Context, data_dir: str, arch: str, out: Path, epochs: int |
                       weight_decay=weight_decay, seed=seed, size=size, val_split=val_split, hflip=hflip,
                       model_options=options, threads=threads)
     result = run_training(data_dir, out=out, config=cfg, resume=resume, quiet=quiet_flag(ctx))
-    click.echo(f"trained {arch} for {result.epochs_run} epochs in {result.seconds:.1f}s -> {result.checkpoint}")
+    click.echo(f"trained {result.arch} for {result.epochs_run} epochs in {result.seconds:.1f}s -> {result.checkpoint}")
     click.echo(f"best val top-1: {100 * result.best_val_top1:.1f}% (last epoch {100 * result.final_val_top1:.1f}%)")
 
 

@@ -58,6 +58,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     checkpoint: Path
+    arch: str
     best_val_top1: float
     final_val_top1: float
     epochs_run: int
@@ -193,6 +194,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
         state = torch.load(out, map_location="cpu", weights_only=False)
         saved = TrainConfig(**state["config"])
         # The saved recipe wins, except for a longer run asked for explicitly.
+        _warn_ignored_on_resume(cfg, saved)
         cfg = TrainConfig(**{**asdict(saved), "epochs": cfg.epochs or saved.epochs})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -261,9 +263,17 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     if start_epoch >= cfg.epochs:
         raise InputError(f"nothing to train: {out} already finished {start_epoch} epochs; raise --epochs")
     metrics = _metrics(history)
-    return TrainResult(checkpoint=out, best_val_top1=metrics["best_val_top1"],
+    return TrainResult(checkpoint=out, arch=cfg.arch, best_val_top1=metrics["best_val_top1"],
                        final_val_top1=metrics["val_top1"], epochs_run=cfg.epochs - start_epoch, seconds=seconds,
                        history=history)
+
+
+def _warn_ignored_on_resume(asked: TrainConfig, saved: TrainConfig) -> None:
+    """Resuming keeps the saved recipe: say which options given now differ from it and are ignored."""
+    defaults = asdict(TrainConfig())
+    for name, value in asdict(asked).items():
+        if name != "epochs" and value != defaults[name] and value != getattr(saved, name):
+            log.warning("--resume keeps the checkpoint's %s=%r; ignoring %r", name, getattr(saved, name), value)
 
 
 def _metrics(history: list[dict[str, float]]) -> dict[str, float]:
