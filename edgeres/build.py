@@ -2,8 +2,9 @@
 
 ``build_artifact`` accepts an exported ONNX or a ``.pt`` checkpoint (exported first), picks the backend
 (``auto``: TensorRT when it can run here, else ONNX Runtime, with the reason), calibrates for INT8 — reusing a
-ranges file in the output folder only when its provenance (model sha256, method, image count, calibration-set
-manifest, preprocessing) matches, never a stale one — builds the artifact and its sidecar, and finally checks the
+ranges file (in the output folder, or ``edgeres calibrate``'s beside the model) only when its provenance (model
+sha256, method and its options, image count, calibration-set manifest, preprocessing) matches, never a stale
+one — builds the artifact and its sidecar, and finally checks the
 artifact against the FP32 ONNX on a few calibration images (top-1 agreement, max |Δlogit|, speed ratio)::
 
     result = build_artifact("runs/x/model.pt", precision="int8", out_dir="runs/x")
@@ -199,6 +200,7 @@ def calibration_images(onnx_path: Path, card: ModelCard, *, calib_dir: str | os.
 
 def _reusable(path: Path, *, model_sha: str, method: str, images: int, manifest: str, card: ModelCard) -> Any:
     """The ranges at ``path`` when every piece of provenance matches, else None (logged)."""
+    from calibration import make_collector
     from calibration.errors import CalibrationError
     from calibration.ranges import Ranges
 
@@ -210,9 +212,11 @@ def _reusable(path: Path, *, model_sha: str, method: str, images: int, manifest:
         log.warning("not reusing %s: %s", path, exc)
         return None
     wanted = {"model_sha256": model_sha, "method": method, "num_images": images, "manifest_sha256": manifest,
-              "preprocess": card.preprocess.to_dict()}
+              "preprocess": card.preprocess.to_dict(), "options": dict(make_collector(method).options)}
     have = {"model_sha256": ranges.model_sha256, "method": ranges.method, "num_images": ranges.num_images,
-            "manifest_sha256": ranges.manifest_sha256, "preprocess": ranges.preprocess}
+            "manifest_sha256": ranges.manifest_sha256, "preprocess": ranges.preprocess,
+            # the collector's own options (bins, percentile); edgeres.calibrate may record more beside them
+            "options": {k: ranges.options.get(k) for k in wanted["options"]}}
     stale = [k for k in wanted if _norm(have[k]) != _norm(wanted[k])]
     if stale:
         log.info("not reusing %s: its %s differ(s) from this build's; recalibrating", path, ", ".join(stale))
@@ -245,10 +249,17 @@ def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str
         raise InputError(str(exc)) from exc
     path = out_dir / f"{onnx_path.stem}.{method}.ranges.json"
     model_sha = sha256_file(onnx_path)
-    ranges = _reusable(path, model_sha=model_sha, method=method, images=len(chosen), manifest=manifest, card=card)
-    if ranges is not None:
-        log.info("reusing ranges %s (same model, method, %d images, calibration set)", path, len(chosen))
-        return ranges, path, True
+    # this build's own file first, then what `edgeres calibrate` writes beside the model (its --out default and
+    # the method-named form); each is reused only if every piece of provenance matches
+    candidates = dict.fromkeys([path, onnx_path.with_name(f"{onnx_path.stem}.{method}.ranges.json"),
+                                onnx_path.with_name(f"{onnx_path.stem}.ranges.json")])
+    for candidate in candidates:
+        ranges = _reusable(candidate, model_sha=model_sha, method=method, images=len(chosen), manifest=manifest,
+                           card=card)
+        if ranges is not None:
+            log.info("reusing ranges %s (same model, method, options, %d images, calibration set)", candidate,
+                     len(chosen))
+            return ranges, candidate, True
     ranges = calibrate(onnx_path, data=calib_dir, method=method, images=len(chosen),
                        batch_size=min(DEFAULT_BATCH, len(chosen)), seed=CALIB_SEED, quiet=quiet)
     try:

@@ -143,6 +143,23 @@ def test_int8_build_calibrates_then_reuses_only_matching_ranges(world: dict[str,
     assert newmodel.ranges_reused is False
 
 
+def test_int8_reuses_calibrate_output_beside_the_model_only_with_the_same_options(world: dict[str, Path],
+                                                                                    tmp_path: Path) -> None:
+    from edgeres.calibrate import calibrate
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(world["plain"].read_bytes())
+    calibrate(model, data=world["calib"], method="percentile", batch_size=8, quiet=True).save(tmp_path / "m.ranges.json")
+    first = build_artifact(model, precision="int8", calib_dir=world["calib"], calib_method="percentile",
+                           out_dir=tmp_path / "out", quiet=True)
+    assert first.ranges_reused is True and first.ranges == tmp_path / "m.ranges.json"
+    other = calibrate(model, data=world["calib"], method="percentile", batch_size=8, quiet=True, percentile=99.0)
+    other.save(tmp_path / "m.ranges.json")
+    second = build_artifact(model, precision="int8", calib_dir=world["calib"], calib_method="percentile",
+                            out_dir=tmp_path / "out", force=True, quiet=True)
+    assert second.ranges_reused is False and second.ranges == tmp_path / "out" / "m.percentile.ranges.json"
+
+
 def test_int8_without_calib_uses_the_cards_set_or_says_how(world: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="pass --calib DIR"):
         build_artifact(world["plain"], precision="int8", out_dir=tmp_path, quiet=True)
