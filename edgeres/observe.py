@@ -73,27 +73,35 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
     options.log_severity_level = 3
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_names = [i.name for i in session.get_inputs()]
+    fixed = session.get_inputs()[0].shape[0]
+    fixed = fixed if isinstance(fixed, int) and fixed > 0 else None  # a model exported with --batch N
+    step = fixed or step
     count = 0
     with Progress(total, desc, unit="img", quiet=quiet) as bar:
         for batch in _prefetch(batches):
             feed = _feed(batch, input_names)
             n = len(next(iter(feed.values())))
             for start in range(0, n, step):
-                _run_once(session, names, {k: v[start:start + step] for k, v in feed.items()}, collector)
+                _run_once(session, names, {k: v[start:start + step] for k, v in feed.items()}, collector,
+                          fixed=fixed)
             count += n
             bar.update(n)
     log.debug("observed %d tensors on %d images", len(names), count)
     return count
 
 
-def _run_once(session: Any, names: list[str], feed: dict[str, np.ndarray], collector: Any) -> None:
+def _run_once(session: Any, names: list[str], feed: dict[str, np.ndarray], collector: Any, *,
+              fixed: int | None) -> None:
+    rows = len(next(iter(feed.values())))
+    if fixed is not None and rows < fixed:  # a fixed-batch model: pad the last slice, observe only real rows
+        feed = {k: np.concatenate([v, np.zeros((fixed - rows, *v.shape[1:]), v.dtype)]) for k, v in feed.items()}
     try:
         outputs = session.run(names, feed)
     except Exception as exc:  # onnxruntime raises its own exception types for bad shapes and dtypes
         shapes = {k: tuple(v.shape) for k, v in feed.items()}
         raise InputError(f"the model rejects a calibration batch of shape {shapes}: {exc}") from exc
     for name, values in zip(names, outputs):
-        collector.observe(name, values)
+        collector.observe(name, values[:rows] if fixed is not None else values)
 
 
 def _feed(batch: Mapping[str, np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:

@@ -18,20 +18,24 @@ from edgeres.quantize import fold_batchnorm, tensors_to_observe
 SIZE = 16
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> onnx.ModelProto:
+def _export(path, *, fixed_batch: int | None = None) -> onnx.ModelProto:
     torch.manual_seed(0)
     net = create("resnet20", num_classes=3, in_channels=1, shortcut="B")
     net.train()
     with torch.no_grad():
         for _ in range(4):
             net(torch.randn(16, 1, SIZE, SIZE))
-    path = tmp_path_factory.mktemp("obs") / "model.onnx"
+    dynamic = None if fixed_batch else {"input": {0: "N"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), torch.zeros(1, 1, SIZE, SIZE), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
+        torch.onnx.export(net.eval(), torch.zeros(fixed_batch or 1, 1, SIZE, SIZE), str(path), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"], dynamic_axes=dynamic)
     return fold_batchnorm(onnx.load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> onnx.ModelProto:
+    return _export(tmp_path_factory.mktemp("obs") / "model.onnx")
 
 
 def _node(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
@@ -77,6 +81,16 @@ def test_streamed_minmax_equals_max_abs_of_every_intermediate(model):
     assert set(got) == set(names)
     for name in names:
         assert got[name] == pytest.approx(expected[name], rel=1e-5), name
+
+
+def test_fixed_batch_model_is_run_in_padded_slices(model, tmp_path):
+    fixed = _export(tmp_path / "fixed.onnx", fixed_batch=2)
+    images = np.random.default_rng(2).normal(0, 1, (7, 1, SIZE, SIZE)).astype(np.float32)
+    expected, got = make_collector("minmax"), make_collector("minmax")
+    observe(model, [{"input": images}], expected, quiet=True)
+    assert observe(fixed, ({"input": images[i:i + 3]} for i in range(0, 7, 3)), got, quiet=True) == 7
+    for name, amax in expected.compute().items():  # the zero padding of the last slice is not observed
+        assert got.compute()[name] == pytest.approx(amax, rel=1e-5), name
 
 
 class _Recorder:
