@@ -8,9 +8,10 @@ weights, BatchNorm statistics set by a few train-mode passes) as an ONNX Runtime
 * e = images/s of ``infer_folder`` (wall time, model load excluded).
 
 On a CPU-only machine decode and model share the cores, so the best a pipeline can do is about
-1/(1/d + 1/m); the goal is e >= 0.9 x that. Rounds are interleaved; medians are reported.
+1/(1/d + 1/m); the goal is e >= 0.9 x that. Each round measures d and m before and after e (the machine's
+load drifts); the verdict is the median of the per-round ratios.
 
-    .venv/bin/python benchmarks/infer_pipeline.py [--work /tmp/edgeres-bench-infer] [--images 512] [--rounds 2]
+    .venv/bin/python benchmarks/infer_pipeline.py [--work /tmp/edgeres-bench-infer] [--images 512] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -87,25 +88,28 @@ def make_jpegs(folder: Path, count: int, *, size: tuple[int, int] = (640, 480), 
     return folder
 
 
-def decode_alone(paths: list[Path], pre: object, workers: int) -> float:
+def decode_alone(paths: list[Path], pre: object, workers: int) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process)."""
     from edgeres.data import load_image
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(lambda p: load_image(p, pre), paths):
             pass
-    return len(paths) / (time.perf_counter() - start)
+    return len(paths) / (time.perf_counter() - start), len(paths) / (time.process_time() - cpu)
 
 
-def model_alone(artifact: Path, batch: np.ndarray, calls: int, *, spinning: bool) -> float:
+def model_alone(artifact: Path, batch: np.ndarray, calls: int, *, spinning: bool) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process)."""
     from edgeres import backends
 
     with backends.open(artifact, spinning=spinning) as runner:
         runner.infer(batch)  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(calls):
             runner.infer(batch)
-        return calls * len(batch) / (time.perf_counter() - start)
+        n = calls * len(batch)
+        return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -113,8 +117,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeres-bench-infer"))
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--model-calls", type=int, default=24, help="batches timed for m per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model-calls", type=int, default=16, help="batches timed per m measurement")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -139,27 +143,41 @@ def main() -> None:
     print(f"ResNet-18 224, ONNX Runtime {ort.__version__} FP32, batch {args.batch}, {len(paths)} JPEGs 640x480, "
           f"{workers} decode workers, {threads} inference threads ({physical_cores()} physical cores)")
 
-    rows: dict[str, list[float]] = {"d": [], "m": [], "m_nospin": [], "e": []}
+    # Each round brackets e between two measurements of d and m (d, m, e, m, d), so load drifts on this shared
+    # machine hit the bound and e alike; the verdict uses the median of the per-round ratios. The same ratio in
+    # images per CPU-second of this process is far less sensitive to other processes: it shows the pipeline's
+    # own overhead (it cannot show idle cores, which the wall-clock ratio does).
+    rows: dict[str, list[float]] = {k: [] for k in ("d", "m", "m_nospin", "e", "ratio", "cpu_ratio")}
     for r in range(args.rounds):
-        rows["d"].append(decode_alone(paths, pre, workers))
-        rows["m"].append(model_alone(artifact, batch, args.model_calls, spinning=True))
-        rows["m_nospin"].append(model_alone(artifact, batch, args.model_calls, spinning=False))
+        d1, d1c = decode_alone(paths, pre, workers)
+        m1, _ = model_alone(artifact, batch, args.model_calls, spinning=True)
+        start_cpu = time.process_time()
         result = infer_folder(artifact, folder, batch=args.batch, workers=workers, quiet=True)
-        rows["e"].append(result.summary["images_per_s"])
-        print(f"round {r + 1}: d {rows['d'][-1]:.1f}  m {rows['m'][-1]:.1f}  m(no spin) {rows['m_nospin'][-1]:.1f}  "
-              f"e {rows['e'][-1]:.1f} images/s")
+        e_cpu = result.summary["images"] / (time.process_time() - start_cpu)
+        e = result.summary["images_per_s"]
+        m2, m2c = model_alone(artifact, batch, args.model_calls, spinning=False)
+        d2, d2c = decode_alone(paths, pre, workers)
+        d, m = (d1 + d2) / 2, (m1 + m2) / 2
+        bound = 1.0 / (1.0 / d + 1.0 / m)
+        cpu_bound = 1.0 / (2.0 / (d1c + d2c) + 1.0 / m2c)
+        for key, value in (("d", d), ("m", m1), ("m_nospin", m2), ("e", e), ("ratio", e / bound),
+                           ("cpu_ratio", e_cpu / cpu_bound)):
+            rows[key].append(value)
+        print(f"round {r + 1}: d {d1:.1f}/{d2:.1f}  m {m1:.1f} (spinning) / {m2:.1f} (no spinning)  e {e:.1f} "
+              f"images/s  bound {bound:.1f}  e/bound {e / bound:.3f}  (per CPU-second: e/bound "
+              f"{e_cpu / cpu_bound:.3f})")
     med = {k: statistics.median(v) for k, v in rows.items()}
-    bound = 1.0 / (1.0 / med["d"] + 1.0 / med["m"])
     print()
-    print(f"{'':28}{'images/s':>10}")
+    print(f"{'medians over rounds':28}{'images/s':>10}")
     print(f"{'decode alone (d)':28}{med['d']:>10.1f}")
-    print(f"{'model alone (m)':28}{med['m']:>10.1f}")
+    print(f"{'model alone (m, spinning)':28}{med['m']:>10.1f}")
     print(f"{'model alone, no spinning':28}{med['m_nospin']:>10.1f}")
-    print(f"{'1/(1/d + 1/m)':28}{bound:>10.1f}")
-    print(f"{'min(d, m)':28}{min(med['d'], med['m']):>10.1f}")
     print(f"{'edgeres infer (e)':28}{med['e']:>10.1f}")
-    ratio = med["e"] / bound
-    print(f"\ne / (1/(1/d+1/m)) = {ratio:.3f}  (goal >= 0.90: {'PASS' if ratio >= 0.9 else 'FAIL'})")
+    ratio = med["ratio"]
+    print(f"\nmedian per-round e / (1/(1/d+1/m)) = {ratio:.3f}  (goal >= 0.90: {'PASS' if ratio >= 0.9 else 'FAIL'}); "
+          f"per round: {', '.join(f'{x:.3f}' for x in rows['ratio'])}")
+    print(f"same ratio per CPU-second of this process: {med['cpu_ratio']:.3f}; per round: "
+          f"{', '.join(f'{x:.3f}' for x in rows['cpu_ratio'])}")
     acc = result.summary["accuracy"]
     print(f"last run: {result.summary['images']} images, accuracy path ran on {acc['labelled'] if acc else 0} "
           f"labelled images (random weights: accuracy itself is meaningless)")
