@@ -78,8 +78,9 @@ def worker(kind: str, method: str, extra: dict, model: str, paths_file: str, out
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, method), extra_options=extra)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "peak_mb": usage.ru_maxrss / 1024}))
 
 
 def synthetic(work: Path, arch: str, count: int) -> tuple[Path, Path]:
@@ -174,11 +175,11 @@ def main() -> None:
     fp32 = evaluate(model, x)
     print(f"{model.name}: {len(paths)} calibration images, batch {args.batch}; accuracy on "
           f"{'digits val' if y is not None else 'calibration images'} ({len(x)} images)")
-    print(f"{'run':<25} {'wall s':>7} {'work s':>7} {'peak MB':>8} {'top-1':>7} {'agree':>7}   "
-          f"(medians of {args.rounds} interleaved rounds; peak = max)")
+    print(f"{'run':<25} {'wall s':>7} {'work s':>7} {'CPU s':>7} {'peak MB':>8} {'top-1':>7} {'agree':>7}   "
+          f"(medians of {args.rounds} interleaved rounds; peak = max; CPU s = user+system of the whole process)")
     if y is not None:
-        print(f"{'FP32':<25} {'':>7} {'':>7} {'':>8} {100 * (fp32 == y).mean():6.2f}%")
-    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in RUNS}
+        print(f"{'FP32':<25} {'':>7} {'':>7} {'':>7} {'':>8} {100 * (fp32 == y).mean():6.2f}%")
+    samples: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in RUNS}
     outs = {name: args.work / f"peer_{name.replace(' ', '_').replace('(', '').replace(')', '')}.onnx"
             for name in RUNS}
     for _ in range(args.rounds):  # interleaved, so load from other processes hits every run alike
@@ -192,22 +193,24 @@ def main() -> None:
                 print(f"{name:<25} failed: {proc.stderr.strip().splitlines()[-1]}")
                 continue
             stats = json.loads(proc.stdout.strip().splitlines()[-1])
-            samples[name].append((wall, stats["seconds"], stats["peak_mb"]))
+            samples[name].append((wall, stats["seconds"], stats["cpu_s"], stats["peak_mb"]))
     results = {}
     for name, runs in samples.items():
         if not runs:
             continue
-        wall, work = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-        peak = max(r[2] for r in runs)
+        wall, work, cpu = (statistics.median(r[i] for r in runs) for i in range(3))
+        peak = max(r[3] for r in runs)
         pred = evaluate(outs[name], x)
         top1 = f"{100 * (pred == y).mean():6.2f}%" if y is not None else "     -"
-        results[name] = (wall, peak)
-        print(f"{name:<25} {wall:7.1f} {work:7.1f} {peak:8.0f} {top1} {100 * (pred == fp32).mean():6.2f}%")
+        results[name] = (wall, cpu, peak)
+        print(f"{name:<25} {wall:7.1f} {work:7.1f} {cpu:7.1f} {peak:8.0f} {top1} "
+              f"{100 * (pred == fp32).mean():6.2f}%")
     for ours, peer in (("ours minmax", "ORT MinMax"), ("ours entropy", "ORT Entropy (2048 bins)"),
                        ("ours entropy", "ORT Entropy (128 bins)")):
         if ours in results and peer in results:
-            (wo, mo), (wp, mp) = results[ours], results[peer]
-            print(f"{ours} vs {peer}: {wp / wo:.1f}x faster, {mo / mp:.2f}x the peak memory")
+            (wo, co, mo), (wp, cp, mp) = results[ours], results[peer]
+            print(f"{ours} vs {peer}: {wp / wo:.1f}x faster (wall), {cp / co:.1f}x less CPU time, "
+                  f"{mo / mp:.2f}x the peak memory")
 
 if __name__ == "__main__":
     main()
