@@ -225,3 +225,38 @@ def test_to_fp16_keeps_fp32_io_and_outputs(fp32, images, tmp_path):
     got = _run(half, images)[0]
     assert got.dtype == np.float32
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max() + 1e-3
+
+
+def _conv_softmax(opset: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+         helper.make_node("Softmax", ["f"], ["logits"], name="softmax", axis=1)],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_to_fp16_runs_softmax_in_fp32(images):
+    from edgeres.quantize import convert_fp16
+
+    model = _conv_softmax(17)
+    half = convert_fp16(model)
+    onnx.checker.check_model(half)
+    producers = {o: n for n in half.graph.node for o in n.output}
+    softmax = next(n for n in half.graph.node if n.op_type == "Softmax")
+    cast_in = producers[softmax.input[0]]
+    assert cast_in.op_type == "Cast" and next(a.i for a in cast_in.attribute if a.name == "to") == 1
+    np.testing.assert_allclose(_run(half, images)[0], _run(model, images)[0], atol=2e-3)
+
+
+def test_models_below_opset_13_are_refused():
+    from edgeres.errors import ModelError
+
+    with pytest.raises(ModelError, match="opset 11"):
+        quantize_model(_conv_softmax(11), {"input": 1.0, "c": 1.0, "p": 1.0, "f": 1.0})
