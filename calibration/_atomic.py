@@ -19,6 +19,7 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the target
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
@@ -28,3 +29,9 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

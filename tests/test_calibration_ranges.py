@@ -115,3 +115,19 @@ def test_manifest_hash_is_sorted_relative_paths_and_sizes(tmp_path):
         manifest_hash([tmp_path / "a.png"], root=tmp_path / "b")
     with pytest.raises(CalibrationError, match="cannot stat calibration image"):
         manifest_hash([tmp_path / "missing.png"])
+
+
+def test_saved_files_follow_the_umask_not_mkstemps_private_mode(tmp_path):
+    import os
+
+    from calibration import trt_cache
+
+    old = os.umask(0o022)
+    try:
+        ranges_path = _ranges().save(tmp_path / "ranges.json")
+        cache_path = tmp_path / "model.cache"
+        trt_cache.write(cache_path, _ranges(), trt_version="8.6")
+    finally:
+        os.umask(old)
+    assert ranges_path.stat().st_mode & 0o777 == 0o644
+    assert cache_path.stat().st_mode & 0o777 == 0o644
