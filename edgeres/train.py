@@ -12,9 +12,10 @@ import logging
 import math
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -119,17 +120,57 @@ def _recipe(cfg: TrainConfig, dataset_name: str) -> TrainConfig:
     return TrainConfig(**{**asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr, "hflip": hflip})
 
 
-def _load_split(folder: ImageFolder, pre: Preprocess, desc: str, quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode and preprocess a whole split into memory (small datasets: digits, CIFAR-like folders)."""
-    paths = [p for p, _ in folder.samples]
-    labels = torch.tensor([y for _, y in folder.samples], dtype=torch.long)
-    chunks = []
-    with Progress(len(paths), f"load {desc}", unit="img", quiet=quiet) as bar:
-        for start in range(0, len(paths), 256):
-            chunk = paths[start:start + 256]
-            chunks.append(load_batch(chunk, pre))
-            bar.update(len(chunk))
-    return torch.from_numpy(np.concatenate(chunks)), labels
+IN_MEMORY_LIMIT_BYTES = 1 << 30  # splits whose decoded tensors fit here are cached; larger ones stream from disk
+
+
+class _Split:
+    """The images of one split as batches: decoded once into memory when small (digits, CIFAR-like folders),
+    else decoded per batch from disk, one batch ahead on a background thread.
+
+    Either way a batch depends only on the indices asked for, so seeded shuffling stays reproducible.
+    """
+
+    def __init__(self, folder: ImageFolder, pre: Preprocess, desc: str, *, quiet: bool) -> None:
+        self.paths = [p for p, _ in folder.samples]
+        self.labels = torch.tensor([y for _, y in folder.samples], dtype=torch.long)
+        self.pre = pre
+        self.cached: torch.Tensor | None = None
+        if len(self.paths) * 4 * math.prod(pre.input_shape) <= IN_MEMORY_LIMIT_BYTES:
+            self.cached = self._load_all(desc, quiet)
+        else:
+            log.info("%s split: %d images do not fit %d MiB; decoding them batch by batch", desc, len(self.paths),
+                     IN_MEMORY_LIMIT_BYTES >> 20)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load_all(self, desc: str, quiet: bool) -> torch.Tensor:
+        chunks = []
+        with Progress(len(self.paths), f"load {desc}", unit="img", quiet=quiet) as bar:
+            for start in range(0, len(self.paths), 256):
+                chunk = self.paths[start:start + 256]
+                chunks.append(load_batch(chunk, self.pre))
+                bar.update(len(chunk))
+        return torch.from_numpy(np.concatenate(chunks))
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The preprocessed images at ``idx``."""
+        if self.cached is not None:
+            return self.cached[idx]
+        return torch.from_numpy(load_batch([self.paths[i] for i in idx.tolist()], self.pre))
+
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(indices, images)`` for consecutive slices of ``order``; from disk, the next one loads meanwhile."""
+        slices = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if self.cached is not None:
+            yield from ((idx, self.cached[idx]) for idx in slices)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            upcoming = [pool.submit(self.take, slices[0])] if slices else []
+            for i, idx in enumerate(slices):
+                if i + 1 < len(slices):
+                    upcoming.append(pool.submit(self.take, slices[i + 1]))
+                yield idx, upcoming.pop(0).result()
 
 
 def _augment(x: torch.Tensor, *, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -163,14 +204,13 @@ def _lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> flo
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on in-memory tensors."""
+def evaluate(model: torch.nn.Module, split: _Split, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on a split."""
     model.eval()
     correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
-        correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
-    return correct / max(1, len(x))
+    for idx, images in split.batches(torch.arange(len(split)), batch_size):
+        correct += int((model(images).argmax(1) == split.labels[idx]).sum())
+    return correct / max(1, len(split))
 
 
 def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = None, resume: bool = False,
@@ -210,8 +250,8 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
         dataset=_dataset_record(dataset, dataset_name), seed=cfg.seed,
         versions={"edgeres": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
     )
-    x_train, y_train = _load_split(dataset.train, pre, "train", quiet)
-    x_val, y_val = _load_split(dataset.val, pre, "val", quiet)
+    train_split = _Split(dataset.train, pre, "train", quiet=quiet)
+    val_split = _Split(dataset.val, pre, "val", quiet=quiet)
 
     torch.manual_seed(cfg.seed)
     model = models.create(cfg.arch, num_classes=card.num_classes, in_channels=pre.channels, **cfg.model_options)
@@ -229,18 +269,17 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
 
     assert cfg.batch_size is not None
     padding = cfg.crop_padding if cfg.crop_padding is not None else pre.crop // 8
-    steps = math.ceil(len(x_train) / cfg.batch_size)
+    steps = math.ceil(len(train_split) / cfg.batch_size)
     begin = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(x_train), generator=gen)
+        order = torch.randperm(len(train_split), generator=gen)
         model.train()
         seen, loss_sum, correct = 0, 0.0, 0
-        with Progress(len(x_train), f"epoch {epoch + 1}/{cfg.epochs}", unit="img", quiet=quiet) as bar:
-            for step in range(steps):
-                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                xb = _augment(x_train[idx], padding=padding, hflip=bool(cfg.hflip), gen=gen)
-                yb = y_train[idx]
+        with Progress(len(train_split), f"epoch {epoch + 1}/{cfg.epochs}", unit="img", quiet=quiet) as bar:
+            for step, (idx, images) in enumerate(train_split.batches(order, cfg.batch_size)):
+                xb = _augment(images, padding=padding, hflip=bool(cfg.hflip), gen=gen)
+                yb = train_split.labels[idx]
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(cfg, epoch, step, steps)
                 logits = model(xb)
@@ -252,7 +291,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
                 loss_sum += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
                 bar.update(len(idx), loss=loss_sum / seen, acc=correct / seen)
-            val_top1 = evaluate(model, x_val, y_val)
+            val_top1 = evaluate(model, val_split)
             bar.postfix["val_top1"] = f"{100 * val_top1:.1f}%"
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen,
                         "val_top1": val_top1})

@@ -140,6 +140,29 @@ def test_resume_continues_bit_for_bit(small_slice: Path, tmp_path: Path, monkeyp
     assert resumed.best_val_top1 == whole.best_val_top1 == max(h["val_top1"] for h in whole.history)
 
 
+def test_splits_too_big_for_memory_stream_from_disk_with_identical_results(
+        small_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    cached = train(small_slice, out=tmp_path / "cached.pt", config=QUICK, quiet=True)
+    monkeypatch.setattr(train_mod, "IN_MEMORY_LIMIT_BYTES", 0)
+    loaded: list[int] = []
+    real_load_batch = train_mod.load_batch
+
+    def counting_load_batch(paths, pre):
+        loaded.append(len(paths))
+        return real_load_batch(paths, pre)
+
+    monkeypatch.setattr(train_mod, "load_batch", counting_load_batch)
+    with caplog.at_level("INFO", logger="edgeres.train"):
+        streamed = train(small_slice, out=tmp_path / "streamed.pt", config=QUICK, quiet=True)
+    assert "decoding them batch by batch" in caplog.text
+    # every batch was decoded on demand (50 train images in batches of 8, 30 val images in one, per epoch)
+    assert loaded == ([8] * 6 + [2] + [30]) * QUICK.epochs
+    assert streamed.history == cached.history
+    a, b = _load(tmp_path / "cached.pt"), _load(tmp_path / "streamed.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
 def test_resume_a_finished_run_refuses_and_a_longer_run_extends(small_slice: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.pt"
     train(small_slice, out=out, config=QUICK, quiet=True)
