@@ -93,9 +93,9 @@ def _model_choice() -> click.Choice:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint (.pt).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs [recipe: digits 10, CIFAR 160, ImageNet 90].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size [recipe: digits 32, else 128].")
-@click.option("--lr", type=float, help="Peak learning rate [recipe: digits 0.05, else 0.1 x batch/128].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate [recipe: digits 0.05, else 0.1 x batch/128].")
 @click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]))
-@click.option("--weight-decay", default=1e-4, show_default=True, type=float)
+@click.option("--weight-decay", default=1e-4, show_default=True, type=click.FloatRange(min=0))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--size", type=click.IntRange(min=8), help="Input size [32 CIFAR-family, 224 ImageNet-family].")
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),

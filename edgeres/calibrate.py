@@ -202,6 +202,8 @@ def select_images(onnx_path: str | os.PathLike[str], card: ModelCard | None, *,
     from calibration import sample_paths
 
     samples, where = _candidates(Path(onnx_path), card, data)
+    if not samples:
+        raise InputError(f"{where} holds no calibration images; pass --data with a folder of images")
     if len(samples) < batch_size:
         raise InputError(f"{where} holds {len(samples)} calibration image(s), fewer than one batch of "
                          f"{batch_size}; add images or pass a smaller --batch")

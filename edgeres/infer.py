@@ -147,9 +147,14 @@ def infer_folder(artifact_or_model: str | os.PathLike[str], folder: str | os.Pat
         run.go()
     result = run.result(artifact=str(artifact_or_model), load_s=load_s, workers=workers,
                         threads=getattr(runner, "threads", threads))
+    if result.skipped and not result.predictions:
+        first = result.skipped[0]
+        raise DataError(f"{folder}: none of its {len(result.skipped)} image file(s) could be read, first "
+                        f"{first.path}: {first.reason}")
     if strict and result.skipped:
         first = result.skipped[0]
-        err = DataError(f"{len(result.skipped)} file(s) skipped under --strict, first {first.path}: {first.reason}")
+        err = DataError(f"{len(result.skipped)} unreadable image(s) (remove or fix them), first {first.path}: "
+                        f"{first.reason}")
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result

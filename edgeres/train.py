@@ -242,6 +242,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     dataset, dataset_name = resolve_dataset(data, seed=cfg.seed, val_split=cfg.val_split)
     cfg = _recipe(cfg, dataset_name)
     assert cfg.epochs is not None and cfg.lr is not None
+    _validate(cfg)
     if cfg.arch not in models.names():
         raise InputError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(models.names())}")
     pre = default_preprocess(cfg.arch, dataset_name, size=cfg.size, channels=3)
@@ -305,6 +306,19 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     return TrainResult(checkpoint=out, arch=cfg.arch, best_val_top1=metrics["best_val_top1"],
                        final_val_top1=metrics["val_top1"], epochs_run=cfg.epochs - start_epoch, seconds=seconds,
                        history=history)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Refuse settings that would train nothing useful (torch would raise a traceback or silently diverge)."""
+    assert cfg.lr is not None and cfg.batch_size is not None
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise InputError(f"--lr must be a positive number, got {cfg.lr}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise InputError(f"--weight-decay must be 0 or a positive number, got {cfg.weight_decay}")
+    if not 0 <= cfg.momentum < 1:
+        raise InputError(f"momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {cfg.batch_size}")
 
 
 def _warn_ignored_on_resume(asked: TrainConfig, saved: TrainConfig) -> None:

@@ -115,7 +115,7 @@ def test_no_data_anywhere_says_how_to_pass_it(tmp_path):
 def test_empty_or_too_small_folders_are_refused(setup, tmp_path):
     _, model, _ = setup
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="0 calibration image"):
+    with pytest.raises(InputError, match="holds no calibration images; pass --data"):
         calibrate(model, data=tmp_path / "empty", quiet=True)
     small = _write_pngs(tmp_path / "small", 1)
     with pytest.raises(InputError, match="fewer than one batch of 32"):

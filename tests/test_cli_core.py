@@ -109,6 +109,16 @@ def test_train_unknown_arch_is_a_usage_error(small_slice: Path, tmp_path: Path) 
     assert _names(tmp_path) == []
 
 
+def test_train_refuses_learning_rates_that_cannot_train(small_slice: Path, tmp_path: Path) -> None:
+    negative = invoke("train", small_slice, "--out", tmp_path / "m.pt", "--epochs", 1, "--lr", -1)
+    assert_one_line_error(negative, "--lr", "-1", exit_code=2)
+    decay = invoke("train", small_slice, "--out", tmp_path / "m.pt", "--epochs", 1, "--weight-decay", -1)
+    assert_one_line_error(decay, "--weight-decay", exit_code=2)
+    nan = invoke("train", small_slice, "--out", tmp_path / "m.pt", "--epochs", 1, "--lr", "nan")
+    assert_one_line_error(nan, "--lr must be a positive number, got nan")
+    assert _names(tmp_path) == []
+
+
 def test_debug_lets_the_exception_propagate_with_its_traceback(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     result = invoke("--debug", "train", missing, "--out", tmp_path / "m.pt")

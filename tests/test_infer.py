@@ -126,7 +126,7 @@ def test_bad_files_are_skipped_and_listed(artifact: Path, tmp_path: Path, monkey
     assert "truncated" in reasons["truncated.jpg"] or "corrupt" in reasons["truncated.jpg"]
     assert result.summary["skipped"] == 4 and result.summary["images"] == 2
     assert "SKIPPED" in predictions_table(result)
-    with pytest.raises(DataError, match="4 file\\(s\\) skipped under --strict") as info:
+    with pytest.raises(DataError, match="4 unreadable image\\(s\\) \\(remove or fix them\\)") as info:
         infer_folder(artifact, folder, batch=2, strict=True, quiet=True)
     assert len(info.value.result.predictions) == 2  # the good ones were still classified
 
@@ -141,6 +141,11 @@ def test_empty_or_imageless_folder_is_an_error(artifact: Path, tmp_path: Path) -
         infer_folder(artifact, tmp_path / "docs", quiet=True)
     with pytest.raises(DataError, match="not found"):
         infer_folder(artifact, tmp_path / "missing", quiet=True)
+    (tmp_path / "allbad").mkdir()
+    (tmp_path / "allbad" / "a.png").write_bytes(b"")
+    (tmp_path / "allbad" / "b.jpg").write_text("not an image")
+    with pytest.raises(DataError, match="none of its 2 image file\\(s\\) could be read"):
+        infer_folder(artifact, tmp_path / "allbad", quiet=True)
 
 
 def test_options_are_checked(artifact: Path, tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
         from edgeres.backends import onnxruntime as ort_backend
 
         ignored = [name for name, value in (("--workspace", workspace_mb), ("--timing-cache", timing_cache),
-                                            ("--opt-level", opt_level), ("--dla-core", dla_core),
+                                            ("--opt-level", opt_level), ("--dla-core", dla_core is not None),
                                             ("--version-compatible", version_compatible),
                                             ("--int8-mode implicit", int8_mode == "implicit")) if value]
         if ignored:
