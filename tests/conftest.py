@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pytest
 
+TINY_CLASSES = [f"c{i}" for i in range(10)]
 SLICE_TRAIN_PER_CLASS = 20
 SLICE_VAL_PER_CLASS = 10
 
@@ -99,3 +100,49 @@ def tiny_export(tiny_checkpoint: Path):
 def tiny_onnx(tiny_export) -> Path:
     """The ONNX file of :func:`tiny_export`, with the model card in its metadata. Read-only."""
     return tiny_export.path
+
+
+def tiny_resnet20(*, classes: int = 10, seed: int = 0):
+    """An untrained ResNet-20 for 1-channel 32x32 images, BatchNorm statistics set by a few train-mode passes
+    (left at 0/1 they saturate the logits), in eval mode."""
+    import torch
+
+    from edgeres.models import resnet20
+
+    torch.manual_seed(seed)
+    model = resnet20(num_classes=classes, in_channels=1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, 32, 32))
+    return model.eval()
+
+
+def export_tiny(model, path: Path, card=None) -> Path:
+    """Export a 1-channel 32x32 model to ONNX (legacy exporter, opset 17, dynamic batch), with ``card`` attached."""
+    import warnings
+
+    import onnx
+    import torch
+
+    from edgeres.card import attach_card_to_onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter warns; dynamo needs onnxscript
+        torch.onnx.export(model, torch.randn(1, 1, 32, 32), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    if card is not None:
+        proto = onnx.load(str(path))
+        attach_card_to_onnx(proto, card)
+        onnx.save(proto, str(path))
+    return path
+
+
+def make_tiny_onnx(path: Path, *, card: bool = True, seed: int = 0) -> Path:
+    """:func:`tiny_resnet20` with classes ``c0``..``c9`` exported to ``path``, with its model card unless ``card``
+    is False."""
+    from edgeres.card import ModelCard, Preprocess
+
+    model_card = ModelCard(arch="resnet20", class_names=TINY_CLASSES, preprocess=Preprocess.small(size=32, channels=1))
+    return export_tiny(tiny_resnet20(seed=seed), path, model_card if card else None)

@@ -3,45 +3,20 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
+from conftest import make_tiny_onnx
 from edgeres import backends
 from edgeres.backends import BackendName, BatchProfile, Precision, Sidecar, sidecar_path
 from edgeres.backends.onnxruntime import OnnxRuntimeRunner, physical_cores, session_options
-from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
+from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
 from edgeres.io import sha256_file
-
-
-def make_tiny_onnx(path: Path, *, card: bool = True, seed: int = 0) -> Path:
-    """ResNet-20, 1 channel, 32x32, BN statistics set by a few train-mode passes, dynamic batch, card attached."""
-    from edgeres.models import resnet20
-
-    torch.manual_seed(seed)
-    model = resnet20(num_classes=10, in_channels=1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, 32, 32))
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter warns; dynamo needs onnxscript
-        torch.onnx.export(model, torch.randn(1, 1, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    if card:
-        proto = onnx.load(str(path))
-        attach_card_to_onnx(proto, ModelCard(arch="resnet20", class_names=[f"c{i}" for i in range(10)],
-                                             preprocess=Preprocess.small(size=32, channels=1)))
-        onnx.save(proto, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,24 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import export_tiny, tiny_resnet20
 from edgeres.backends import BatchProfile, sidecar_path
 from edgeres.build import build_artifact, build_table
-from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
+from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import InputError
 
 CLASSES = [f"c{i}" for i in range(4)]
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
-    from edgeres.models import resnet20
-
-    torch.manual_seed(seed)
-    model = resnet20(num_classes=len(CLASSES), in_channels=1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, 32, 32))
-    return model.eval()
+    return tiny_resnet20(classes=len(CLASSES), seed=seed)
 
 
 def _card(dataset: dict | None = None) -> ModelCard:
@@ -38,15 +30,7 @@ def _card(dataset: dict | None = None) -> ModelCard:
 
 
 def _export(model: torch.nn.Module, path: Path, card: ModelCard) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, torch.randn(1, 1, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    proto = onnx.load(str(path))
-    attach_card_to_onnx(proto, card)
-    onnx.save(proto, str(path))
-    return path
+    return export_tiny(model, path, card)
 
 
 def _images(folder: Path, per_class: int, *, seed: int = 0) -> Path:

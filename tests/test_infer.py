@@ -4,51 +4,26 @@ from __future__ import annotations
 import csv
 import io
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-import torch
 from PIL import Image
 
+from conftest import TINY_CLASSES, make_tiny_onnx
 from edgeres import backends
 from edgeres.backends import BatchProfile
-from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
 from edgeres.data import load_image
 from edgeres.errors import DataError, InputError
 from edgeres.infer import InferResult, infer_folder, predictions_table, softmax, summary_table
 
-CLASSES = [f"c{i}" for i in range(10)]
-
-
-def _tiny_onnx(path: Path) -> Path:
-    from edgeres.models import resnet20
-
-    torch.manual_seed(0)
-    model = resnet20(num_classes=10, in_channels=1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, 32, 32))
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, torch.randn(1, 1, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    proto = onnx.load(str(path))
-    attach_card_to_onnx(proto, ModelCard(arch="resnet20", class_names=CLASSES,
-                                         preprocess=Preprocess.small(size=32, channels=1)))
-    onnx.save(proto, str(path))
-    return path
+CLASSES = TINY_CLASSES
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("model")
-    src = _tiny_onnx(root / "tiny.onnx")
+    src = make_tiny_onnx(root / "tiny.onnx")
     return backends.build(src, backend="onnxruntime", precision="fp32", out=root / "tiny.fp32.onnx",
                           profile=BatchProfile(1, 4, 8))
 
