@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeres.backends import BackendName, BatchProfile, Precision, Sidecar, artifact_suffix, choose_backend
+from edgeres.backends import (BackendName, BatchProfile, Precision, Sidecar, artifact_suffix, choose_backend,
+                              sidecar_path)
 from edgeres.card import ModelCard
 from edgeres.errors import DataError, InputError, ModelError
 
@@ -122,6 +123,9 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
     artifact = out_dir / f"{onnx_path.stem}.{precision.value}{artifact_suffix(chosen)}"
     if artifact.resolve() == onnx_path.resolve():
         raise InputError(f"the artifact would overwrite its source {onnx_path}; choose another --out")
+    if artifact.exists() and not sidecar_path(artifact).exists():
+        raise InputError(f"{artifact} exists and is not an edgeres artifact (no {sidecar_path(artifact).name}); "
+                         "move it, or build into another folder with --out")
     if artifact.exists() and not force:
         raise InputError(f"{artifact} already exists; pass --force to rebuild it")
     ranges = ranges_path = reused = None

@@ -74,6 +74,16 @@ def test_fp32_build_on_auto_says_why_and_verifies(world: dict[str, Path], tmp_pa
         build_artifact(world["plain"], precision="fp32", out_dir=tmp_path, quiet=True)
 
 
+def test_a_users_file_in_the_artifacts_place_is_never_overwritten(world: dict[str, Path], tmp_path: Path) -> None:
+    mine = tmp_path / "plain.int8.onnx"  # e.g. written by `edgeres quantize ... --out plain.int8.onnx`
+    mine.write_bytes(b"my own quantized model")
+    for force in (False, True):
+        with pytest.raises(InputError, match="is not an edgeres artifact .* --out"):
+            build_artifact(world["plain"], precision="int8", calib_dir=world["calib"], out_dir=tmp_path,
+                           force=force, quiet=True)
+    assert mine.read_bytes() == b"my own quantized model"
+
+
 def test_fp16_build_reports_speed_honestly(world: dict[str, Path], tmp_path: Path) -> None:
     result = build_artifact(world["plain"], precision="fp16", calib_dir=world["calib"], out_dir=tmp_path,
                             quiet=True)
