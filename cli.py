@@ -6,12 +6,11 @@ exit; ``edgeres --debug ...`` shows the traceback instead.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
