@@ -194,6 +194,12 @@ def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, i
     for target in (out, trt_cache):
         if target is not None and target.exists() and not force:
             raise InputError(f"{target} already exists; pass --force to overwrite it")
+    algorithm = trt_algorithm or ("MinMaxCalibration" if method == "minmax" else "EntropyCalibration2")
+    if trt_cache is not None:
+        try:  # a bad --trt-version is refused before minutes of calibration, not after
+            cache.format_header(trt_version, algorithm)
+        except CalibrationError as exc:
+            raise InputError(str(exc)) from exc
     start = time.perf_counter()
     ranges = run_calibration(model, data=data, method=method, images=images, batch_size=batch_size, seed=seed,
                              quiet=quiet_flag(ctx))
@@ -202,7 +208,6 @@ def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, i
         ranges.save(out)
         header = None
         if trt_cache is not None:
-            algorithm = trt_algorithm or ("MinMaxCalibration" if method == "minmax" else "EntropyCalibration2")
             header = cache.write(trt_cache, ranges, trt_version=trt_version, algorithm=algorithm)
     except CalibrationError as exc:
         raise InputError(str(exc)) from exc

@@ -176,6 +176,21 @@ def test_cli_calibrate_then_quantize(setup, tmp_path):
     assert forced.exit_code == 0, forced.output
 
 
+def test_cli_calibrate_refuses_a_bad_trt_version_before_calibrating(setup, tmp_path, monkeypatch):
+    _, model, train = setup
+    import edgeres.calibrate as calibrate_mod
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("calibration ran before --trt-version was checked")
+
+    monkeypatch.setattr(calibrate_mod, "calibrate", must_not_run)
+    result = CliRunner().invoke(cli, ["-q", "calibrate", str(model), "--data", str(train), "--out",
+                                      str(tmp_path / "r.json"), "--trt-cache", str(tmp_path / "c.cache"),
+                                      "--trt-version", "abc"])
+    assert result.exit_code == 1 and result.output.startswith("Error:") and "abc" in result.output
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "c.cache").exists()
+
+
 def test_cli_quantize_refuses_another_models_ranges(setup, tmp_path):
     _, model, train = setup
     other = _export(tmp_path / "other.onnx", dataset=None, seed=3)
