@@ -298,6 +298,8 @@ def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, d
     if iterations is not None and ctx.get_parameter_source("duration") is ParameterSource.COMMANDLINE:
         raise click.UsageError("give --duration or --iterations, not both")
     if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise click.BadParameter(f"{plot} must end in .png (the plot is a PNG image)", param_hint="--plot")
         require_matplotlib()  # fail before measuring, not after
     result = run_bench(artifact, batches=batches, warmup_s=warmup, duration_s=duration, iterations=iterations,
                        transfers=not no_transfers, threads=threads, quiet=quiet_flag(ctx))

@@ -132,6 +132,9 @@ class Ranges:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
+            if text.startswith("TRT-"):
+                raise CalibrationError(f"{path} is a TensorRT calibration cache, not a ranges file; pass the JSON "
+                                       "that edgeres calibrate wrote with --out") from None
             raise CalibrationError(f"ranges file {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
         return cls.from_dict(data, path=path)
 

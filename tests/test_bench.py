@@ -260,6 +260,8 @@ def test_cli_bench_rejects_bad_durations_and_both_limits(model: Path) -> None:
     assert res.exit_code == 2 and "duration" in res.output
     res = CliRunner().invoke(cli, ["bench", str(model), "--duration", "1s", "--iterations", "3"])
     assert res.exit_code == 2 and "not both" in res.output
+    res = CliRunner().invoke(cli, ["bench", str(model), "--iterations", "3", "--plot", "latency.jpg"])
+    assert res.exit_code == 2 and "latency.jpg must end in .png" in res.output
 
 
 def test_built_artifact_is_described_by_its_sidecar(model: Path, tmp_path: Path) -> None:

@@ -90,6 +90,12 @@ def test_missing_and_non_json_files(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(CalibrationError, match="not hold a JSON object"):
         Ranges.load(tmp_path / "list.json")
+    cache = tmp_path / "model.cache"
+    from calibration import trt_cache
+
+    trt_cache.write(cache, _ranges(), trt_version="8.6")
+    with pytest.raises(CalibrationError, match="model.cache is a TensorRT calibration cache, not a ranges file"):
+        Ranges.load(cache)
 
 
 def test_method_is_normalised_and_created_is_set():
