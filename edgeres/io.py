@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgeres.errors import InputError
+from edgeres.errors import InputError, ModelError
 
 
 @contextlib.contextmanager
@@ -68,3 +68,23 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def save_onnx_checked(model: Any, out: str | os.PathLike[str], *, what: str, force: bool = True) -> Path:
+    """Validate an ``onnx.ModelProto`` with ``onnx.checker`` and save it atomically; a failing model is never written.
+
+    Args:
+        model: the model to save.
+        out: the ``.onnx`` path.
+        what: how the error names the model, e.g. ``"the FP16 model converted from m.onnx"``.
+        force: replace an existing ``out``.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{what} fails onnx.checker: {exc}") from exc
+    with atomic_path(out, force=force) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(out)

@@ -40,16 +40,10 @@ def to_fp16(src: str | os.PathLike[str], out: str | os.PathLike[str], *, force: 
     """
     import onnx
 
-    from edgeres.io import atomic_path
+    from edgeres.io import save_onnx_checked
 
     model = convert_fp16(onnx.load(str(src)))
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"the FP16 model converted from {src} fails onnx.checker: {exc}") from exc
-    with atomic_path(out, force=force) as tmp:
-        onnx.save(model, str(tmp))
-    return Path(out)
+    return save_onnx_checked(model, out, what=f"the FP16 model converted from {src}", force=force)
 
 
 def convert_fp16(model: Any) -> Any:

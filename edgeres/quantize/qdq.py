@@ -57,7 +57,7 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     import onnx
 
     from edgeres.calibrate import load_ranges_for
-    from edgeres.io import atomic_path
+    from edgeres.io import save_onnx_checked
 
     onnx_path, out = Path(onnx_path), Path(out)
     if out.resolve() == onnx_path.resolve():
@@ -67,12 +67,7 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     qmodel = quantize_model(model, ranges.amax, activations=activations, keep_fp32=keep_fp32,
                             per_channel=per_channel)
     _record(qmodel, ranges, activations=Activations(activations), keep_fp32=list(keep_fp32))
-    try:
-        onnx.checker.check_model(qmodel)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"the Q/DQ model written from {onnx_path} fails onnx.checker: {exc}") from exc
-    with atomic_path(out, force=force) as tmp:
-        onnx.save(qmodel, str(tmp))
+    save_onnx_checked(qmodel, out, what=f"the Q/DQ model written from {onnx_path}", force=force)
     log.info("wrote %s (%s activations)", out, Activations(activations).value)
     return out
 
