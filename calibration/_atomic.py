@@ -1,4 +1,5 @@
-"""Atomic text writes: a temporary file beside the target, renamed into place only when complete.
+"""Text file I/O for this package: atomic writes (a temporary file beside the target, renamed into place only
+when complete) and reads that fail with one clear CalibrationError.
 
 A local copy of the idea in ``edgeres.io`` (this package may not import ``edgeres``).
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from calibration.errors import CalibrationError
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
@@ -35,3 +38,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_text(path: str | os.PathLike[str], *, what: str, missing_hint: str = "") -> str:
+    """The UTF-8 text of ``path``; a missing or unreadable file is a CalibrationError naming ``what`` and the path."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CalibrationError(f"{what} {path} does not exist{missing_hint}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"cannot read {what} {path}: {e}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from calibration._atomic import write_text_atomic
+from calibration._atomic import read_text, write_text_atomic
 from calibration.collectors import parse_method
 from calibration.errors import CalibrationError
 
@@ -123,12 +123,7 @@ class Ranges:
         Raises:
             CalibrationError: missing, unreadable, not JSON, or not a valid ranges file.
         """
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CalibrationError(f"ranges file {path} does not exist; create it with edgeres calibrate") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise CalibrationError(f"cannot read ranges file {path}: {e}") from None
+        text = read_text(path, what="ranges file", missing_hint="; create it with edgeres calibrate")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

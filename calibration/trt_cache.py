@@ -21,10 +21,9 @@ import os
 import re
 import struct
 from enum import Enum
-from pathlib import Path
 from typing import Mapping, NamedTuple
 
-from calibration._atomic import write_text_atomic
+from calibration._atomic import read_text, write_text_atomic
 from calibration.errors import CalibrationError
 from calibration.ranges import Ranges
 
@@ -190,12 +189,7 @@ def read(path: str | os.PathLike[str]) -> tuple[str, dict[str, float]]:
     Raises:
         CalibrationError: missing file, bad header, or a corrupt line (named by its line number).
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CalibrationError(f"calibration cache {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"cannot read calibration cache {path}: {e}") from None
+    text = read_text(path, what="calibration cache")
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise CalibrationError(f"calibration cache {path} is empty or has no header on line 1")
