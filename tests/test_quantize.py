@@ -260,3 +260,17 @@ def test_models_below_opset_13_are_refused():
 
     with pytest.raises(ModelError, match="opset 11"):
         quantize_model(_conv_softmax(11), {"input": 1.0, "c": 1.0, "p": 1.0, "f": 1.0})
+
+
+def test_inplace_quantization_rewrites_the_model_itself_with_the_same_result(fp32, images):
+    model = onnx.load(str(fp32))
+    amax = _minmax(model, images)
+    before = model.SerializeToString()
+    copied = quantize_model(model, amax, activations="u8")
+    assert model.SerializeToString() == before  # not inplace: the caller's model is untouched
+    rewritten = quantize_model(model, amax, activations="u8", inplace=True)
+    assert rewritten is model
+    assert rewritten.SerializeToString() == copied.SerializeToString()
+    onnx.checker.check_model(rewritten)
+    assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    assert not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4 for i in model.graph.initializer)

@@ -15,22 +15,26 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def fold_batchnorm(model: Any) -> Any:
+def fold_batchnorm(model: Any, *, inplace: bool = False) -> Any:
     """Fold each ``Conv → BatchNormalization`` into the Conv and give every Conv a real bias initializer.
 
     Also replaces ``Constant`` nodes and ``Identity`` nodes of initializers by plain initializers. The folded
     Conv writes the BatchNorm's output tensor, so downstream tensor names do not change.
 
     Args:
-        model: an ``onnx.ModelProto``; it is not modified.
+        model: an ``onnx.ModelProto``; it is not modified unless ``inplace``.
+        inplace: fold ``model`` itself instead of a copy (a copy of ResNet-152 is 240 MB of weights).
 
     Returns:
-        A new ``onnx.ModelProto``.
+        The folded model: a new ``onnx.ModelProto``, or ``model`` itself when ``inplace``.
     """
     import onnx
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    if inplace:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     graph = out.graph
     _constants_to_initializers(graph)
     inits = {init.name: init for init in graph.initializer}

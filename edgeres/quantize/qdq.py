@@ -63,9 +63,8 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     if out.resolve() == onnx_path.resolve():
         raise InputError(f"--out {out} is the FP32 model itself; choose another file name")
     ranges = load_ranges_for(onnx_path, ranges)
-    model = onnx.load(str(onnx_path))
-    qmodel = quantize_model(model, ranges.amax, activations=activations, keep_fp32=keep_fp32,
-                            per_channel=per_channel)
+    qmodel = quantize_model(onnx.load(str(onnx_path)), ranges.amax, activations=activations, keep_fp32=keep_fp32,
+                            per_channel=per_channel, inplace=True)
     _record(qmodel, ranges, activations=Activations(activations), keep_fp32=list(keep_fp32))
     save_onnx_checked(qmodel, out, what=f"the Q/DQ model written from {onnx_path}", force=force)
     log.info("wrote %s (%s activations)", out, Activations(activations).value)
@@ -73,8 +72,12 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
 
 
 def quantize_model(model: Any, amax: Mapping[str, float], *, activations: Activations | str = Activations.S8,
-                   keep_fp32: Iterable[str] = (), per_channel: bool = True) -> Any:
-    """The Q/DQ twin of ``model`` (an ``onnx.ModelProto``, left unchanged) for per-tensor ``amax`` values."""
+                   keep_fp32: Iterable[str] = (), per_channel: bool = True, inplace: bool = False) -> Any:
+    """The Q/DQ twin of ``model`` (an ``onnx.ModelProto``) for per-tensor ``amax`` values.
+
+    ``model`` is left unchanged unless ``inplace``, which rewrites and returns ``model`` itself instead of holding
+    a second copy of its weights.
+    """
     import onnx
 
     activations = Activations(activations)
@@ -82,7 +85,7 @@ def quantize_model(model: Any, amax: Mapping[str, float], *, activations: Activa
     if opset < MIN_OPSET:
         raise ModelError(f"the model uses ONNX opset {opset}; per-channel Q/DQ needs opset >= {MIN_OPSET}: "
                          "re-export it (edgeres export uses 17)")
-    folded = fold_batchnorm(model)
+    folded = fold_batchnorm(model, inplace=inplace)
     place = placement(folded, activations, keep_fp32=keep_fp32)
     missing = sorted({place.same_as.get(t, t) for t in place.edges} - set(amax))
     if missing:
@@ -90,13 +93,20 @@ def quantize_model(model: Any, amax: Mapping[str, float], *, activations: Activa
                          "re-run `edgeres calibrate` on this very model")
     writer = _Writer(folded.graph, place, amax, activations, per_channel)
     writer.run()
-    out = onnx.ModelProto()
-    out.CopyFrom(folded)
+    # the folded model is ours (a copy, or the caller's own when inplace): rewrite it rather than copy it again
+    out = folded
+    before = {i.name for i in out.graph.initializer}
+    nodes = [onnx.NodeProto() for _ in writer.nodes]  # detached copies: the originals live in out.graph.node
+    for copy, node in zip(nodes, writer.nodes):
+        copy.CopyFrom(node)
+    initializers = writer.initializers()
+    del writer
     del out.graph.node[:]
-    out.graph.node.extend(writer.nodes)
+    out.graph.node.extend(nodes)
     del out.graph.initializer[:]
-    out.graph.initializer.extend(writer.initializers())
-    dropped = {i.name for i in folded.graph.initializer} - {i.name for i in out.graph.initializer}
+    out.graph.initializer.extend(initializers)
+    del initializers
+    dropped = before - {i.name for i in out.graph.initializer}
     inputs = [v for v in out.graph.input if v.name not in dropped]
     del out.graph.input[:]
     out.graph.input.extend(inputs)
