@@ -37,8 +37,8 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
             flat folder of images. Default: the calibration list or training set recorded in the model card.
         method: ``entropy`` (TensorRT's EntropyCalibration2), ``minmax``, ``percentile`` or ``mse``.
         images: how many images to sample (all of them when fewer are available).
-        batch_size: images decoded per batch (ONNX Runtime runs them in slices of
-            :data:`edgeres.observe.RUN_BATCH`, which bounds peak memory).
+        batch_size: images decoded per batch (ONNX Runtime runs them in slices sized so that one run observes
+            about :data:`edgeres.observe.OBSERVED_BYTES_PER_RUN`, which bounds peak memory).
         seed: seed of the sampling.
         quiet: no progress bar.
         **method_options: the collector's options, e.g. ``percentile=99.9`` or ``num_bins=4096``.
@@ -56,7 +56,6 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
     from calibration import ImageFolderReader, Ranges, make_collector, manifest_hash
     from edgeres.io import sha256_file
     from edgeres.observe import observe
-    from edgeres.quantize import fold_batchnorm
 
     onnx_path = Path(onnx_path)
     if images < 1 or batch_size < 1:
@@ -65,12 +64,13 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
     card = card_from_onnx(model)
     input_name, shape = _model_input(model, onnx_path)
     pre = _preprocess_for(card, shape, onnx_path)
+    del model  # observe() loads its own folded copy: holding this one too would add the weights to peak memory
     with _calibration_errors():
         collector = make_collector(method, **method_options)
         paths = select_images(onnx_path, card, data=data, images=images, batch_size=batch_size, seed=seed)
         reader = ImageFolderReader(paths, load=_loader(pre, card is None), input_name=input_name,
                                    batch_size=batch_size, shape=pre.input_shape)
-        count = observe(fold_batchnorm(model), reader, collector, total=len(paths), quiet=quiet,
+        count = observe(onnx_path, reader, collector, total=len(paths), quiet=quiet,
                         desc=f"calibrate ({collector.method.value})")
         amax = collector.compute()
         # The input's range is known exactly from the preprocessing, and clipping it only destroys information:

@@ -1,13 +1,14 @@
 """Run an FP32 ONNX model on calibration batches and feed the tensors that need scales to a collector.
 
 Only the tensors a Q/DQ model will quantize are observed (:func:`edgeres.quantize.tensors_to_observe`): they
-become extra graph outputs of a BatchNorm-folded copy of the model, ONNX Runtime runs it once per batch, and
+become extra graph outputs of the BatchNorm-folded model, ONNX Runtime runs it once per batch, and
 each batch's values go to the collector before the next batch runs, so memory holds one batch of intermediates,
 never all images' intermediates at once. The next batch is decoded in a background thread while the model runs.
 """
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -19,34 +20,83 @@ from edgeres.progress import Progress
 
 log = logging.getLogger(__name__)
 
-RUN_BATCH = 8  # ResNet-18 at 224: ~0.6 GB peak at 8 images per run, ~1.3 GB at 32
+OBSERVED_BYTES_PER_RUN = 4 * 2**20
+"""How much observed data one ONNX Runtime run may return when ``run_batch`` is automatic: it sets the images per
+run (ResNet-18 at 224 observes ~14 MB per image → 1 per run; ResNet-20 on 32x32 digits ~1.3 MB → 3). Per-image
+speed barely depends on the run size while peak memory grows with it (digits: ~100 MB peak with 4 MB runs, ~120 MB
+with 8 MB, ~160 MB with 32 MB, in the same time)."""
+
+MAX_RUN_BATCH = 64
 
 
 def observing_model(model: Any, tensors: Sequence[str]) -> Any:
     """A copy of ``model`` (an ``onnx.ModelProto``) that also outputs ``tensors``."""
     import onnx
-    from onnx import helper
 
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
-    present = {o.name for o in augmented.graph.output}
-    known = {v.name for v in augmented.graph.input} | {o for n in augmented.graph.node for o in n.output}
+    _add_outputs(augmented, tensors)
+    return augmented
+
+
+def _add_outputs(model: Any, tensors: Sequence[str]) -> int:
+    """Append ``tensors`` to ``model``'s graph outputs in place; returns how many were appended."""
+    from onnx import helper
+
+    present = {o.name for o in model.graph.output}
+    known = {v.name for v in model.graph.input} | {o for n in model.graph.node for o in n.output}
     missing = [t for t in tensors if t not in known]
     if missing:
         raise ModelError(f"cannot observe {missing[0]!r}: no such tensor in the model")
-    for name in tensors:
-        if name not in present:
-            augmented.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return augmented
+    added = [name for name in dict.fromkeys(tensors) if name not in present]
+    model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in added)
+    return len(added)
+
+
+def observing_session(model: Any, tensors: Sequence[str] | None = None) -> tuple[Any, list[str]]:
+    """An ONNX Runtime CPU session of ``model`` that also outputs the tensors to observe, and their names.
+
+    Args:
+        model: a BatchNorm-folded ``onnx.ModelProto`` (not modified), or the path of an FP32 ONNX file, which is
+            loaded and folded here so that no copy of its weights outlives the session's own (the lowest peak
+            memory: for ResNet-50 the Python-side copies would otherwise exceed the session).
+        tensors: the tensors to observe; default :func:`edgeres.quantize.tensors_to_observe`.
+
+    Raises:
+        ModelError: an unreadable model, or a tensor that is not in it.
+    """
+    import onnxruntime as ort
+
+    from edgeres.quantize import fold_batchnorm, tensors_to_observe
+
+    if isinstance(model, (str, os.PathLike)):
+        import onnx
+
+        try:
+            model = fold_batchnorm(onnx.load(str(model)), inplace=True)
+        except Exception as exc:  # onnx raises DecodeError, OSError, ... for a file that is not a model
+            raise ModelError(f"{model} is not a readable ONNX model ({exc})") from exc
+    names = list(tensors) if tensors is not None else tensors_to_observe(model)
+    added = _add_outputs(model, names)
+    try:
+        serialized = model.SerializeToString()
+    finally:  # the caller's model is left as it was, without a copy of its weights
+        del model.graph.output[len(model.graph.output) - added:]
+    del model
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # hand each run's intermediates back: same speed, lower peak
+    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"]), names
 
 
 def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: Any, *,
             tensors: Sequence[str] | None = None, total: int | None = None, quiet: bool = False,
-            desc: str = "calibrate", run_batch: int = RUN_BATCH) -> int:
+            desc: str = "calibrate", run_batch: int | None = None) -> int:
     """Run ``model`` on every batch and pass each observed tensor to ``collector.observe(name, values)``.
 
     Args:
-        model: a BatchNorm-folded ``onnx.ModelProto`` (see :func:`edgeres.quantize.fold_batchnorm`).
+        model: a BatchNorm-folded ``onnx.ModelProto``, or the path of an FP32 ONNX file (folded here; the
+            leanest in memory), see :func:`observing_session`.
         batches: an iterable of ``{input name: array}`` batches (a calibration data reader).
         collector: anything with ``observe(name, ndarray)``, e.g. ``calibration.collectors.make_collector(...)``.
         tensors: the tensors to observe; default :func:`edgeres.quantize.tensors_to_observe`.
@@ -55,6 +105,8 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
         desc: the progress bar's label.
         run_batch: images per ONNX Runtime run; larger reader batches are run in slices of this size (the
             observed intermediates of one run dominate peak memory; per-image speed barely depends on it).
+            None (the default) sizes runs from the first image so that one run returns about
+            :data:`OBSERVED_BYTES_PER_RUN`.
 
     Returns:
         The number of images run.
@@ -62,36 +114,36 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
     Raises:
         InputError: a batch whose arrays do not fit the model's inputs.
     """
-    import onnxruntime as ort
-
-    from edgeres.quantize import tensors_to_observe
-
-    step = max(1, int(run_batch))
-    names = list(tensors) if tensors is not None else tensors_to_observe(model)
-    augmented = observing_model(model, names)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session, names = observing_session(model, tensors)
+    del model
     input_names = [i.name for i in session.get_inputs()]
     fixed = session.get_inputs()[0].shape[0]
     fixed = fixed if isinstance(fixed, int) and fixed > 0 else None  # a model exported with --batch N
-    step = fixed or step
+    step = fixed or (max(1, int(run_batch)) if run_batch is not None else None)
     count = 0
-    with Progress(total, desc, unit="img", quiet=quiet) as bar:
+    with Progress(total, desc, unit="img", quiet=quiet) as bar, _CollectorThread(collector) as sink:
         for batch in _prefetch(batches):
             feed = _feed(batch, input_names)
             n = len(next(iter(feed.values())))
-            for start in range(0, n, step):
-                _run_once(session, names, {k: v[start:start + step] for k, v in feed.items()}, collector,
-                          fixed=fixed)
+            start = 0
+            while start < n:
+                rows = step or 1  # automatic: the first run is one image, which measures what an image costs
+                observed = _run_once(session, names, {k: v[start:start + rows] for k, v in feed.items()},
+                                     sink, fixed=fixed)
+                if step is None:
+                    per_image = max(1, observed // min(rows, n - start))
+                    step = max(1, min(MAX_RUN_BATCH, OBSERVED_BYTES_PER_RUN // per_image))
+                    log.debug("observing %d bytes per image: %d images per run", per_image, step)
+                start += rows
             count += n
             bar.update(n)
     log.debug("observed %d tensors on %d images", len(names), count)
     return count
 
 
-def _run_once(session: Any, names: list[str], feed: dict[str, np.ndarray], collector: Any, *,
-              fixed: int | None) -> None:
+def _run_once(session: Any, names: list[str], feed: dict[str, np.ndarray], sink: _CollectorThread, *,
+              fixed: int | None) -> int:
+    """Run one slice and hand its observed tensors to the collector; returns their size in bytes."""
     rows = len(next(iter(feed.values())))
     if fixed is not None and rows < fixed:  # a fixed-batch model: pad the last slice, observe only real rows
         feed = {k: np.concatenate([v, np.zeros((fixed - rows, *v.shape[1:]), v.dtype)]) for k, v in feed.items()}
@@ -100,8 +152,56 @@ def _run_once(session: Any, names: list[str], feed: dict[str, np.ndarray], colle
     except Exception as exc:  # onnxruntime raises its own exception types for bad shapes and dtypes
         shapes = {k: tuple(v.shape) for k, v in feed.items()}
         raise InputError(f"the model rejects a calibration batch of shape {shapes}: {exc}") from exc
-    for name, values in zip(names, outputs):
-        collector.observe(name, values[:rows] if fixed is not None else values)
+    sink.put([(name, values[:rows] if fixed is not None else values) for name, values in zip(names, outputs)])
+    return sum(values.nbytes for values in outputs)
+
+
+class _CollectorThread:
+    """Feeds a collector from its own thread, so reducing one run's tensors overlaps the next run.
+
+    Histogram collectors cost about as much as ONNX Runtime's run of a small model; numpy and ONNX Runtime both
+    release the GIL, so the two share the cores. Runs are observed in order (one consumer, first in first out),
+    so results equal a sequential pass; at most one run waits in the queue, which bounds memory. An error raised
+    by the collector is re-raised in the caller's thread at the next :meth:`put` or on exit.
+    """
+
+    def __init__(self, collector: Any) -> None:
+        self._collector = collector
+        self._queue: queue.Queue[list[tuple[str, np.ndarray]] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="calibration-collector", daemon=True)
+
+    def __enter__(self) -> _CollectorThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if exc_type is None:
+            self._raise()
+
+    def put(self, observed: list[tuple[str, np.ndarray]]) -> None:
+        """Queue one run's ``(name, values)`` pairs (blocks while the previous run is still queued)."""
+        self._raise()
+        self._queue.put(observed)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        while True:
+            observed = self._queue.get()
+            if observed is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so the producer never blocks on a dead consumer
+            try:
+                for name, values in observed:
+                    self._collector.observe(name, values)
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
 
 
 def _feed(batch: Mapping[str, np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:

@@ -101,18 +101,72 @@ class _Recorder:
         self.calls.append((name, values.shape))
 
 
-def test_one_run_per_batch_and_only_batch_sized_arrays(model, capsys):
+def _batches(images, size):
+    return ({"input": images[i:i + size]} for i in range(0, len(images), size))
+
+
+def test_explicit_run_batch_sets_the_slices(model, capsys):
     images = np.zeros((10, 1, SIZE, SIZE), np.float32)
-    recorder = _Recorder()
     names = tensors_to_observe(model)
-    observe(model, ({"input": images[i:i + 4]} for i in range(0, 10, 4)), recorder, total=10, quiet=False)
-    assert len(recorder.calls) == 3 * len(names)
-    assert all(shape[0] in (4, 2) for _, shape in recorder.calls)
+    whole = _Recorder()
+    observe(model, _batches(images, 4), whole, total=10, quiet=False, run_batch=4)
+    assert [shape[0] for _, shape in whole.calls[::len(names)]] == [4, 4, 2]  # one run per batch
     assert "img/s" in capsys.readouterr().err  # the progress bar reports images per second
     sliced = _Recorder()
-    observe(model, ({"input": images[i:i + 4]} for i in range(0, 10, 4)), sliced, quiet=True, run_batch=2)
-    assert len(sliced.calls) == 5 * len(names)  # 4 → 2 + 2, 4 → 2 + 2, 2 → 2: peak memory set by run_batch
-    assert all(shape[0] == 2 for _, shape in sliced.calls)
+    observe(model, _batches(images, 4), sliced, quiet=True, run_batch=2)
+    assert [shape[0] for _, shape in sliced.calls[::len(names)]] == [2, 2, 2, 2, 2]  # peak memory set by run_batch
+
+
+def test_automatic_run_size_follows_the_observed_bytes_per_image(model, monkeypatch):
+    import edgeres.observe as observe_module
+
+    images = np.zeros((10, 1, SIZE, SIZE), np.float32)
+    names = tensors_to_observe(model)
+    one = _Recorder()
+    observe(model, [{"input": images[:1]}], one, quiet=True, run_batch=1)
+    per_image = sum(4 * int(np.prod(shape)) for _, shape in one.calls)  # float32 outputs of one image
+    monkeypatch.setattr(observe_module, "OBSERVED_BYTES_PER_RUN", 3 * per_image)
+    auto = _Recorder()
+    assert observe(model, _batches(images, 4), auto, quiet=True) == 10
+    # the first run measures one image; then runs of 3 images' worth of observed data, cut at batch ends
+    assert [shape[0] for _, shape in auto.calls[::len(names)]] == [1, 3, 3, 1, 2]
+
+
+def test_observing_leaves_the_model_as_it_was_and_a_path_gives_the_same_ranges(model, tmp_path):
+    before = model.SerializeToString()
+    images = np.random.default_rng(3).normal(0, 1, (5, 1, SIZE, SIZE)).astype(np.float32)
+    from_proto, from_path = make_collector("minmax"), make_collector("minmax")
+    observe(model, [{"input": images}], from_proto, quiet=True)
+    assert model.SerializeToString() == before  # the observed outputs were added for the session only
+    path = tmp_path / "same.onnx"
+    _export(path)  # the same network, as a file: observe loads and folds it itself
+    observe(path, [{"input": images}], from_path, quiet=True)
+    expected, got = from_proto.compute(), from_path.compute()
+    assert set(got) == set(expected)
+    for name, amax in expected.items():
+        assert got[name] == pytest.approx(amax, rel=1e-5), name
+
+
+class _FailsOnFifthTensor:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def observe(self, name: str, values: np.ndarray) -> None:
+        self.calls += 1
+        if self.calls == 5:
+            raise ValueError(f"cannot reduce {name}")
+
+
+def test_a_collector_error_reaches_the_caller_and_no_thread_is_left(model):
+    import threading
+
+    images = np.zeros((6, 1, SIZE, SIZE), np.float32)
+    before = threading.active_count()
+    collector = _FailsOnFifthTensor()
+    with pytest.raises(ValueError, match="cannot reduce"):
+        observe(model, _batches(images, 2), collector, quiet=True, run_batch=1)
+    assert threading.active_count() == before  # the reader and collector threads were joined
+    assert collector.calls == 5  # nothing was observed after the failure
 
 
 def test_bad_batches_and_tensors_are_refused(model):
