@@ -1,9 +1,10 @@
 """Run an FP32 ONNX model on calibration batches and feed the tensors that need scales to a collector.
 
 Only the tensors a Q/DQ model will quantize are observed (:func:`edgeres.quantize.tensors_to_observe`): they
-become extra graph outputs of the BatchNorm-folded model, ONNX Runtime runs it once per batch, and
-each batch's values go to the collector before the next batch runs, so memory holds one batch of intermediates,
-never all images' intermediates at once. The next batch is decoded in a background thread while the model runs.
+become extra graph outputs of the BatchNorm-folded model, ONNX Runtime runs it on a few images at a time, and
+each run's values go to the collector, which reduces them in its own thread while the next run goes on; memory
+holds about three runs of intermediates, never all images' at once. The next batch of images is decoded in a
+background thread too.
 """
 from __future__ import annotations
 
@@ -73,9 +74,11 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None) -> tuple
         import onnx
 
         try:
-            model = fold_batchnorm(onnx.load(str(model)), inplace=True)
+            loaded = onnx.load(str(model))
         except Exception as exc:  # onnx raises DecodeError, OSError, ... for a file that is not a model
             raise ModelError(f"{model} is not a readable ONNX model ({exc})") from exc
+        model = fold_batchnorm(loaded, inplace=True)
+        del loaded
     names = list(tensors) if tensors is not None else tensors_to_observe(model)
     added = _add_outputs(model, names)
     try:

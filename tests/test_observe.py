@@ -176,3 +176,10 @@ def test_bad_batches_and_tensors_are_refused(model):
         observe(model, [{"input": np.zeros((1, 3, SIZE, SIZE), np.float32)}], _Recorder(), quiet=True)
     with pytest.raises(ModelError, match="no_such_tensor"):
         observing_model(model, ["no_such_tensor"])
+
+
+def test_an_unreadable_model_file_is_named(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("not a model")
+    with pytest.raises(ModelError, match="notes.onnx is not a readable ONNX model"):
+        observe(bad, [{"input": np.zeros((1, 1, SIZE, SIZE), np.float32)}], _Recorder(), quiet=True)
