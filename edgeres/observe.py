@@ -29,6 +29,12 @@ with 8 MB, ~160 MB with 32 MB, in the same time)."""
 
 MAX_RUN_BATCH = 64
 
+SMALL_INPUT_PIXELS = 64 * 64
+"""With a histogram collector, models whose input images have at most this many pixels (CIFAR, digits) get half the
+cores for ONNX Runtime: their runs parallelise poorly, and histogramming costs about as much as the run, so the
+collector thread needs a core of its own (digits entropy calibration on 2 cores: 1.7 s with one ORT thread, 2.0 s
+with two). Large inputs (ResNet-18 at 224) and the light minmax collector are faster with every core for ORT."""
+
 
 def observing_model(model: Any, tensors: Sequence[str]) -> Any:
     """A copy of ``model`` (an ``onnx.ModelProto``) that also outputs ``tensors``."""
@@ -54,7 +60,8 @@ def _add_outputs(model: Any, tensors: Sequence[str]) -> int:
     return len(added)
 
 
-def observing_session(model: Any, tensors: Sequence[str] | None = None) -> tuple[Any, list[str]]:
+def observing_session(model: Any, tensors: Sequence[str] | None = None, *,
+                      heavy_collector: bool = False) -> tuple[Any, list[str]]:
     """An ONNX Runtime CPU session of ``model`` that also outputs the tensors to observe, and their names.
 
     Args:
@@ -62,12 +69,15 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None) -> tuple
             loaded and folded here so that no copy of its weights outlives the session's own (the lowest peak
             memory: for ResNet-50 the Python-side copies would otherwise exceed the session).
         tensors: the tensors to observe; default :func:`edgeres.quantize.tensors_to_observe`.
+        heavy_collector: the collector costs about as much per value as the run (histograms): for small
+            inputs ONNX Runtime then leaves it half the cores (:data:`SMALL_INPUT_PIXELS`).
 
     Raises:
         ModelError: an unreadable model, or a tensor that is not in it.
     """
     import onnxruntime as ort
 
+    from edgeres.environment import cpu_count
     from edgeres.quantize import fold_batchnorm, tensors_to_observe
 
     if isinstance(model, (str, os.PathLike)):
@@ -85,12 +95,30 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None) -> tuple
         serialized = model.SerializeToString()
     finally:  # the caller's model is left as it was, without a copy of its weights
         del model.graph.output[len(model.graph.output) - added:]
+    pixels = _input_pixels(model)
     del model
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Idle ORT threads would spin for the next run while the collector and decoder threads wait for a core.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if heavy_collector and pixels is not None and pixels <= SMALL_INPUT_PIXELS:
+        options.intra_op_num_threads = max(1, cpu_count() // 2)
     # The CPU arena stays on: without it every run maps its observed outputs afresh (ResNet-50: 65 MB per image)
     # and page faults made observation 1.4x slower for ~100 MB less peak.
     return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"]), names
+
+
+def _input_pixels(model: Any) -> int | None:
+    """H*W of the model's (first, NCHW) image input when static, else None."""
+    initializers = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            return dims[2].dim_value * dims[3].dim_value
+        return None
+    return None
 
 
 def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: Any, *,
@@ -118,7 +146,8 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
     Raises:
         InputError: a batch whose arrays do not fit the model's inputs.
     """
-    session, names = observing_session(model, tensors)
+    heavy = getattr(collector, "method", None) not in (None, "minmax")  # histogram collectors; Method is a str
+    session, names = observing_session(model, tensors, heavy_collector=heavy)
     del model
     input_names = [i.name for i in session.get_inputs()]
     fixed = session.get_inputs()[0].shape[0]

@@ -183,3 +183,26 @@ def test_an_unreadable_model_file_is_named(tmp_path):
     bad.write_text("not a model")
     with pytest.raises(ModelError, match="notes.onnx is not a readable ONNX model"):
         observe(bad, [{"input": np.zeros((1, 1, SIZE, SIZE), np.float32)}], _Recorder(), quiet=True)
+
+
+def _conv_model(side: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, side, side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("side, heavy, shared", [(32, True, True), (32, False, False), (224, True, False)])
+def test_small_inputs_leave_cores_to_a_histogram_collector_and_no_thread_spins(side, heavy, shared):
+    from edgeres.environment import cpu_count
+    from edgeres.observe import observing_session
+
+    session, names = observing_session(_conv_model(side), ["input"], heavy_collector=heavy)
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == (max(1, cpu_count() // 2) if shared else 0)  # 0: ORT's default
+    assert names == ["input"]
