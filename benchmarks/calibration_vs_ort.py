@@ -124,32 +124,13 @@ def _peak_mb(fallback: float) -> float:
 
 def synthetic(work: Path, arch: str, count: int) -> tuple[Path, Path]:
     """A random-weight ``arch`` at 224x224 with an ImageNet card, and ``count`` random 256x256 JPEGs."""
-    import warnings
-
     import numpy as np
-    import onnx
-    import torch
     from PIL import Image
 
-    from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
-    from edgeres.models import create
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from infer_pipeline import make_model_onnx
 
-    model, data = work / f"{arch}.onnx", work / f"{arch}_images"
-    if not model.exists():
-        torch.manual_seed(0)
-        net = create(arch, num_classes=1000)
-        net.train()
-        with torch.no_grad():
-            for _ in range(3):
-                net(torch.randn(8, 3, 224, 224))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net.eval(), torch.zeros(1, 3, 224, 224), str(model), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
-        proto = onnx.load(str(model))
-        attach_card_to_onnx(proto, ModelCard(arch=arch, class_names=[str(i) for i in range(1000)],
-                                             preprocess=Preprocess.imagenet()))
-        onnx.save(proto, str(model))
+    model, data = make_model_onnx(arch, work), work / f"{arch}_images"
     rng = np.random.default_rng(0)
     data.mkdir(exist_ok=True)
     for i in range(len(list(data.glob("*.jpg"))), count):

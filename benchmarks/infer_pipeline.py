@@ -34,14 +34,18 @@ LABELLED_CLASSES = 8  # the JPEGs sit in class0..class7 folders, so the labelled
 
 
 def make_model_onnx(arch: str, work: Path, *, size: int = 224) -> Path:
-    """A random-weight ImageNet ResNet with real BatchNorm statistics, exported with its card (cached)."""
+    """A random-weight ImageNet ResNet with real BatchNorm statistics, exported with its card (cached).
+
+    The card's preprocessing crops ``size`` after resizing the short side to ``size * 256 / 224`` (ImageNet's
+    ratio), so card and input shape agree at any size.
+    """
     import onnx
     import torch
 
     from edgeres import models
     from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
 
-    path = work / f"{arch}.onnx"
+    path = work / (f"{arch}.onnx" if size == 224 else f"{arch}_{size}.onnx")
     if path.exists():
         return path
     work.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,8 @@ def make_model_onnx(arch: str, work: Path, *, size: int = 224) -> Path:
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     proto = onnx.load(str(path))
-    card = ModelCard(arch=arch, class_names=[f"class{i}" for i in range(NUM_CLASSES)], preprocess=Preprocess())
+    card = ModelCard(arch=arch, class_names=[f"class{i}" for i in range(NUM_CLASSES)],
+                     preprocess=Preprocess(resize=size * 256 // 224, crop=size))
     attach_card_to_onnx(proto, card)
     onnx.save(proto, str(path))
     return path

@@ -17,40 +17,24 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration import Ranges, make_collector  # noqa: E402
 from edgeres.io import sha256_file  # noqa: E402
-from edgeres.models import create  # noqa: E402
 from edgeres.observe import observe  # noqa: E402
-from edgeres.quantize import fold_batchnorm, quantize_qdq  # noqa: E402
-
-
-def export_random(arch: str, path: Path, size: int) -> Path:
-    torch.manual_seed(0)
-    net = create(arch, num_classes=1000)
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.randn(8, 3, size, size))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), torch.zeros(1, 3, size, size), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
-    return path
+from edgeres.quantize import quantize_qdq  # noqa: E402
+from infer_pipeline import make_model_onnx  # noqa: E402
 
 
 def ours(fp32: Path, calib: np.ndarray, out_dir: Path) -> dict[str, Path]:
     collector = make_collector("minmax")
-    observe(fold_batchnorm(onnx.load(str(fp32))), ({"input": calib[i:i + 8]} for i in range(0, len(calib), 8)),
+    observe(fp32, ({"input": calib[i:i + 8]} for i in range(0, len(calib), 8)),
             collector, quiet=True)
     ranges = Ranges(amax=collector.compute(), method="minmax", num_images=len(calib),
                     model_sha256=sha256_file(fp32), manifest_sha256="random", preprocess={})
@@ -102,7 +86,7 @@ def main() -> None:
     x = rng.normal(0, 1, (args.batch, 3, args.size, args.size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        fp32 = export_random(args.arch, tmp_path / "fp32.onnx", args.size)
+        fp32 = make_model_onnx(args.arch, tmp_path, size=args.size)
         models = {"FP32": fp32, **ours(fp32, calib, tmp_path)}
         if not args.no_ort_reference:
             models["ORT quantize_static u8"] = ort_reference(fp32, calib, tmp_path)
