@@ -36,16 +36,6 @@ collector thread needs a core of its own (digits entropy calibration on 2 cores:
 with two). Large inputs (ResNet-18 at 224) and the light minmax collector are faster with every core for ORT."""
 
 
-def observing_model(model: Any, tensors: Sequence[str]) -> Any:
-    """A copy of ``model`` (an ``onnx.ModelProto``) that also outputs ``tensors``."""
-    import onnx
-
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    _add_outputs(augmented, tensors)
-    return augmented
-
-
 def _add_outputs(model: Any, tensors: Sequence[str]) -> int:
     """Append ``tensors`` to ``model``'s graph outputs in place; returns how many were appended."""
     from onnx import helper
@@ -146,7 +136,9 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
     Raises:
         InputError: a batch whose arrays do not fit the model's inputs.
     """
-    heavy = getattr(collector, "method", None) not in (None, "minmax")  # histogram collectors; Method is a str
+    from calibration import Method
+
+    heavy = getattr(collector, "method", None) not in (None, Method.MINMAX)  # the histogram collectors
     session, names = observing_session(model, tensors, heavy_collector=heavy)
     del model
     input_names = [i.name for i in session.get_inputs()]

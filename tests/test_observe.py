@@ -12,7 +12,7 @@ import torch
 from calibration import make_collector
 from edgeres.errors import InputError, ModelError
 from edgeres.models import create
-from edgeres.observe import observe, observing_model
+from edgeres.observe import observe, observing_session
 from edgeres.quantize import fold_batchnorm, tensors_to_observe
 
 SIZE = 16
@@ -175,7 +175,7 @@ def test_bad_batches_and_tensors_are_refused(model):
     with pytest.raises(InputError, match="rejects a calibration batch"):
         observe(model, [{"input": np.zeros((1, 3, SIZE, SIZE), np.float32)}], _Recorder(), quiet=True)
     with pytest.raises(ModelError, match="no_such_tensor"):
-        observing_model(model, ["no_such_tensor"])
+        observing_session(model, ["no_such_tensor"])
 
 
 def test_an_unreadable_model_file_is_named(tmp_path):
@@ -199,7 +199,6 @@ def _conv_model(side: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("side, heavy, shared", [(32, True, True), (32, False, False), (224, True, False)])
 def test_small_inputs_leave_cores_to_a_histogram_collector_and_no_thread_spins(side, heavy, shared):
     from edgeres.environment import cpu_count
-    from edgeres.observe import observing_session
 
     session, names = observing_session(_conv_model(side), ["input"], heavy_collector=heavy)
     options = session.get_session_options()
