@@ -1,24 +1,22 @@
 """edgeres.calibrate and the `edgeres calibrate` / `edgeres quantize` commands, on real PNG folders."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from calibration import Ranges, trt_cache
 from cli import cli
+from conftest import export_tiny, tiny_resnet20
 from edgeres.calibrate import calibrate, load_ranges_for
-from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx, card_from_onnx
+from edgeres.card import ModelCard, Preprocess, card_from_onnx
 from edgeres.errors import DataError, InputError
 from edgeres.io import sha256_file
-from edgeres.models import create
 from edgeres.quantize import fold_batchnorm, tensors_to_observe
 
 SIZE = 16
@@ -36,23 +34,10 @@ def _write_pngs(folder: Path, per_class: int, *, size: int = SIZE, seed: int = 0
 
 
 def _export(path: Path, *, dataset: dict | None, card: bool = True, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    net = create("resnet20", num_classes=len(CLASSES), in_channels=1)
-    net.train()
-    with torch.no_grad():
-        for _ in range(4):
-            net(torch.randn(16, 1, SIZE, SIZE))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), torch.zeros(1, 1, SIZE, SIZE), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
-    if card:
-        proto = onnx.load(str(path))
-        attach_card_to_onnx(proto, ModelCard(arch="resnet20", class_names=CLASSES,
-                                             preprocess=Preprocess.small(size=SIZE, channels=1),
-                                             dataset=dataset or {}))
-        onnx.save(proto, str(path))
-    return path
+    model_card = ModelCard(arch="resnet20", class_names=CLASSES, preprocess=Preprocess.small(size=SIZE, channels=1),
+                           dataset=dataset or {})
+    return export_tiny(tiny_resnet20(classes=len(CLASSES), seed=seed, size=SIZE, warmup=4), path,
+                       model_card if card else None, size=SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,14 @@
 """edgeres.observe: which tensors are observed, and that streamed observation equals a one-shot computation."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from calibration import make_collector
+from conftest import export_tiny, tiny_resnet20
 from edgeres.errors import InputError, ModelError
-from edgeres.models import create
 from edgeres.observe import observe, observing_session
 from edgeres.quantize import fold_batchnorm, tensors_to_observe
 
@@ -19,17 +16,7 @@ SIZE = 16
 
 
 def _export(path, *, fixed_batch: int | None = None) -> onnx.ModelProto:
-    torch.manual_seed(0)
-    net = create("resnet20", num_classes=3, in_channels=1, shortcut="B")
-    net.train()
-    with torch.no_grad():
-        for _ in range(4):
-            net(torch.randn(16, 1, SIZE, SIZE))
-    dynamic = None if fixed_batch else {"input": {0: "N"}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), torch.zeros(fixed_batch or 1, 1, SIZE, SIZE), str(path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["logits"], dynamic_axes=dynamic)
+    export_tiny(tiny_resnet20(classes=3, size=SIZE, shortcut="B", warmup=4), path, size=SIZE, batch=fixed_batch)
     return fold_batchnorm(onnx.load(str(path)))
 
 

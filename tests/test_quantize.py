@@ -1,7 +1,6 @@
 """edgeres.quantize: BatchNorm folding, Q/DQ placement (s8 TensorRT form, u8 ORT form), FP16 conversion."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx, card_from_onnx
+from conftest import export_tiny, tiny_resnet20
+from edgeres.card import ModelCard, Preprocess, card_from_onnx
 from edgeres.errors import InputError
-from edgeres.models import create
 from edgeres.quantize import (
     QUANT_METADATA_KEY, fold_batchnorm, quantize_model, quantize_qdq, tensors_to_observe, to_fp16,
 )
@@ -23,26 +22,12 @@ SIZE = 16
 
 
 def _tiny_resnet(shortcut: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create("resnet20", num_classes=3, in_channels=1, shortcut=shortcut)
-    model.train()
-    with torch.no_grad():  # set BatchNorm statistics, or logits saturate and every image gets one class
-        for _ in range(4):
-            model(torch.randn(16, 1, SIZE, SIZE))
-    return model.eval()
+    return tiny_resnet20(classes=3, size=SIZE, shortcut=shortcut, warmup=4)
 
 
-def _export(model: torch.nn.Module, path: Path, **kwargs) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, 1, SIZE, SIZE), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, **kwargs)
-    proto = onnx.load(str(path))
+def _export(model: torch.nn.Module, path: Path, **options) -> Path:
     card = ModelCard(arch="resnet20", class_names=["a", "b", "c"], preprocess=Preprocess.small(size=SIZE, channels=1))
-    attach_card_to_onnx(proto, card)
-    onnx.save(proto, str(path))
-    return path
+    return export_tiny(model, path, card, size=SIZE, **options)
 
 
 @pytest.fixture(scope="module", params=["A", "B"], ids=["shortcutA", "shortcutB"])
