@@ -12,8 +12,11 @@ Usage::
 
     python tools/trt_api_surface.py                  # all versions, wheels cached in .trt_wheels/
     python tools/trt_api_surface.py --only 10.13.3   # one version
+    # a version with no bindings wheel (8.5.x), from NVIDIA/TensorRT's pybind11 sources (trt_api_from_source.py):
+    python tools/trt_api_surface.py --derive 8.5.2 --from 8.6.1 --git GIT --tag 8.5.2 --from-tag v8.6.1
 
-Needs: pip, readelf (binutils), gcc, network access to PyPI. Writes deterministic, sorted JSON.
+Needs: pip, readelf (binutils), gcc, network access to PyPI (--derive: git, g++ and a clone of NVIDIA/TensorRT).
+Writes deterministic, sorted JSON.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ WHEEL_CACHE = ROOT / ".trt_wheels"
 # (file stem in tests/trt_api, pip requirement)
 VERSIONS = [
     ("8.6.1", "tensorrt-bindings==8.6.1"),
+    ("10.3.0", "tensorrt-cu12-bindings==10.3.0"),
     ("10.13.3", "tensorrt-cu12-bindings==10.13.3.9.post1"),
     ("11.4.0", "tensorrt-cu13-bindings==11.4.0.106"),
 ]
@@ -215,13 +219,35 @@ def dump() -> dict:
     return {"version": trt.__version__, "classes": classes, "functions": functions, "constants": constants}
 
 
+def _derive(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trt_api_from_source import derive
+
+    if not (args.from_version and args.git and args.tag and args.from_tag):
+        raise SystemExit("--derive needs --from, --git, --tag and --from-tag")
+    recorded = json.loads((args.out / f"{args.from_version}.json").read_text())
+    surface, log = derive(recorded, git=args.git, tag=args.tag, from_tag=args.from_tag, version=args.derive)
+    path = args.out / f"{args.derive}.json"
+    path.write_text(json.dumps(surface, indent=1, sort_keys=True) + "\n")
+    print(f"{path}: TensorRT {args.derive} derived from {args.from_version}: "
+          + ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in log.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dump", action="store_true", help="(internal) print the surface of the importable bindings")
     parser.add_argument("--only", action="append", help="version stem to refresh, e.g. 10.13.3 (repeatable)")
     parser.add_argument("--wheels", type=Path, default=WHEEL_CACHE, help="wheel download cache")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="where the JSON files go")
+    parser.add_argument("--derive", metavar="VERSION", help="derive VERSION's surface from sources (see --git)")
+    parser.add_argument("--from", dest="from_version", metavar="VERSION", help="the recorded surface to derive from")
+    parser.add_argument("--git", type=Path, help="git dir of a clone or mirror of NVIDIA/TensorRT")
+    parser.add_argument("--tag", help="NVIDIA/TensorRT tag of --derive's version, e.g. 8.5.2")
+    parser.add_argument("--from-tag", help="NVIDIA/TensorRT tag of --from's version, e.g. v8.6.1")
     args = parser.parse_args(argv)
+    if args.derive:
+        return _derive(args)
     if args.dump:
         json.dump(dump(), sys.stdout, sort_keys=True)
         return 0
