@@ -6,7 +6,6 @@ exit; ``edgeres --debug ...`` shows the traceback instead.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -20,18 +19,44 @@ from edgeres.errors import EdgeresError
 log = logging.getLogger("edgeres")
 
 
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number, as shells report it
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (from `timeout`, systemd, CI runners) raised like Ctrl-C, so every cleanup runs."""
+
+    signal_name = "SIGTERM"
+
+
 class _EdgeresGroup(click.Group):
-    """Turns EdgeresError into click's one-line error (exit 1, or the error's own exit code)."""
+    """Turns EdgeresError into click's one-line error (exit 1, or the error's own exit code), any I/O error into a
+    one-line error naming the file and the cause, and an interrupt into one line and exit 130 (Ctrl-C) / 143
+    (SIGTERM), after temporary files were removed on the way out."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        def debug() -> bool:  # set by the group's callback, inside super().invoke
+            return bool(ctx.obj and ctx.obj.get("debug"))
+
         try:
             return super().invoke(ctx)
         except EdgeresError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug():
                 raise
             err = click.ClickException(str(exc))
             err.exit_code = getattr(exc, "exit_code", 1)
             raise err from None
+        except OSError as exc:
+            if debug():
+                raise
+            from edgeres.io import describe_os_error
+
+            err = click.ClickException(describe_os_error(exc))
+            err.exit_code = 2 if ctx.invoked_subcommand == "check" else 1
+            raise err from None
+        except KeyboardInterrupt as exc:
+            name = getattr(exc, "signal_name", "SIGINT")
+            click.echo(f"Error: interrupted ({name}); no partial output was left", err=True)
+            ctx.exit(EXIT_INTERRUPTED[name])
 
 
 @click.group(cls=_EdgeresGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,8 +80,10 @@ def quiet_flag(ctx: click.Context) -> bool:
 
 
 def echo_json(obj: Any) -> None:
-    """Print machine-readable output."""
-    click.echo(json.dumps(obj, indent=2))
+    """Print machine-readable output (strict JSON: a NaN is an error, never a bare ``NaN``)."""
+    from edgeres.io import dumps_json
+
+    click.echo(dumps_json(obj, what="JSON output"))
 
 
 # --- data commands ---
@@ -500,8 +527,15 @@ def compare_results(results: tuple[Path, ...], as_json: bool) -> None:
 # --- end build/infer commands ---
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: SIGTERM is handled like Ctrl-C (temporary files removed, exit 143)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     cli(obj={})
 
 

@@ -102,8 +102,13 @@ class Ranges:
             raise CalibrationError(f"{where} lacks field(s) {', '.join(missing)}; recreate it with edgeres calibrate")
         if not isinstance(data["amax"], dict) or not isinstance(data["preprocess"], dict):
             raise CalibrationError(f"{where}: 'amax' and 'preprocess' must be JSON objects")
-        if not isinstance(data["num_images"], int) or data["num_images"] < 0:
+        if not isinstance(data["num_images"], int) or isinstance(data["num_images"], bool) or data["num_images"] < 0:
             raise CalibrationError(f"{where}: num_images must be an integer >= 0, got {data['num_images']!r}")
+        for key in ("method", "model_sha256", "manifest_sha256", "created"):
+            if key in data and not isinstance(data[key], str):
+                raise CalibrationError(f"{where}: key '{key}' must be a string, got {data[key]!r}")
+        if "options" in data and not isinstance(data["options"], dict):
+            raise CalibrationError(f"{where}: key 'options' must be a JSON object, got {data['options']!r}")
         kwargs = {k: data[k] for k in _REQUIRED}
         for optional in ("options", "created"):
             if optional in data:
@@ -112,7 +117,7 @@ class Ranges:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write as JSON atomically (never a half-written file); returns the path."""
-        target = write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        target = write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         self.path = target
         return target
 

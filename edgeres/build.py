@@ -119,7 +119,7 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
     out_dir = Path(out_dir) if out_dir is not None else model_path.parent
     chosen, reason = choose_backend(backend)
     onnx_path, exported = _onnx_for(model_path, out_dir=out_dir, force=force, quiet=quiet)
-    card = _card_of(onnx_path)
+    card = _servable_card(onnx_path, profile)
     artifact = out_dir / f"{onnx_path.stem}.{precision.value}{artifact_suffix(chosen)}"
     if artifact.resolve() == onnx_path.resolve():
         raise InputError(f"the artifact would overwrite its source {onnx_path}; choose another --out")
@@ -162,21 +162,38 @@ def _onnx_for(model_path: Path, *, out_dir: Path, force: bool, quiet: bool) -> t
 
     onnx_path = out_dir / f"{model_path.stem}.onnx"
     if onnx_path.exists() and not force:
-        if onnx_path.stat().st_mtime >= model_path.stat().st_mtime:
-            log.info("reusing %s, exported after %s (pass --force to re-export)", onnx_path, model_path)
+        # decided by content, never by file time: `cp -p`, rsync and git keep or fake time stamps
+        from edgeres.export import checkpoint_sha256_of
+        from edgeres.io import sha256_file
+
+        recorded = checkpoint_sha256_of(_load_onnx(onnx_path))
+        if recorded == sha256_file(model_path):
+            log.info("reusing %s, exported from this very %s (pass --force to re-export)", onnx_path, model_path)
             return onnx_path, False
-        raise InputError(f"{onnx_path} is older than {model_path}; pass --force to re-export it")
+        why = (f"was exported from another checkpoint (sha256 {recorded[:12]}…)" if recorded else
+               "does not record which checkpoint it was exported from")
+        raise InputError(f"{onnx_path} {why}, not from {model_path}; pass --force to re-export it")
     log.info("exporting %s to %s", model_path, onnx_path)
     export_onnx(model_path, out=onnx_path, force=True, verify=True, quiet=quiet)
     return onnx_path, True
 
 
-def _card_of(onnx_path: Path) -> ModelCard:
-    from edgeres.card import read_onnx_card
+def _load_onnx(onnx_path: Path) -> Any:
+    from edgeres.card import load_onnx
 
-    card = read_onnx_card(str(onnx_path))
+    return load_onnx(onnx_path)
+
+
+def _servable_card(onnx_path: Path, profile: BatchProfile) -> ModelCard:
+    """The model's card, once the model is known to be one edgeres can build and serve (nothing written yet)."""
+    from edgeres.card import card_from_onnx
+    from edgeres.servable import check_servable
+
+    model = _load_onnx(onnx_path)
+    card = card_from_onnx(model)
     if card is None:
         raise ModelError(f"{onnx_path} carries no edgeres model card; export it with `edgeres export`")
+    check_servable(model, card, onnx_path, profile=profile)
     return card
 
 

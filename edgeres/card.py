@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,10 +111,23 @@ class ModelCard:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        from edgeres.io import dumps_json
+
+        return dumps_json(self.to_dict(), what=f"the model card of {self.arch}", indent=None, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Build from :meth:`to_dict`'s output, validated against :data:`edgeres.schema.CARD`.
+
+        Raises:
+            ModelError: a missing key or a value of the wrong type, named.
+        """
+        from edgeres.schema import CARD, SchemaError, validate
+
+        try:
+            validate(data, CARD)
+        except SchemaError as exc:
+            raise ModelError(f"model card is incomplete or malformed: {exc}; re-export the model") from exc
         try:
             known = {f.name for f in dataclasses.fields(cls)}
             kwargs = {k: v for k, v in data.items() if k in known}
@@ -149,8 +163,25 @@ def attach_card_to_onnx(model: Any, card: ModelCard) -> None:
     entry.value = card.to_json()
 
 
-def read_onnx_card(path: str) -> ModelCard | None:
-    """Read only the card of an ONNX file (weights are loaded too; ONNX has no header-only read)."""
+def load_onnx(path: str | os.PathLike[str]) -> Any:
+    """``onnx.load`` with one-line errors: a missing, truncated or foreign file is a ModelError, never a protobuf
+    traceback."""
     import onnx
 
-    return card_from_onnx(onnx.load(path, load_external_data=False))
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise ModelError(f"ONNX model {path} not found") from None
+    except Exception as exc:  # protobuf DecodeError, OSError, ...: a damaged or truncated file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path} is not a readable ONNX model ({first}); is it truncated? export it again with "
+                         "`edgeres export`") from exc
+
+
+def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard | None:
+    """Read only the card of an ONNX file (weights are loaded too; ONNX has no header-only read)."""
+    model = load_onnx(path)
+    try:
+        return card_from_onnx(model)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc

@@ -31,6 +31,7 @@ from edgeres.bench import (
 )
 from edgeres.errors import GateInputError  # re-exported
 from edgeres.io import sha256_file
+from edgeres.provenance import check_reference
 from edgeres.stats import Verdict, judge, pooled_statistic, ratio_ci
 
 log = logging.getLogger(__name__)
@@ -330,6 +331,8 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
         data = _resolve_data(data, base, reference)
         if data is not None:
             reference = _resolve_reference(reference, base, notes)
+            if reference is not None:  # an unrelated model must never make the gate pass
+                notes += check_reference(artifact, reference, allow_mismatch=allow_mismatch)
             now.accuracy = evaluate(artifact, data, batch=_accuracy_batch(runner), reference=reference,
                                     threads=threads, quiet=quiet)
             if reference is not None:

@@ -8,7 +8,6 @@ It is the demo's and the tests' dataset: small, real and reproducible from a see
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ from PIL import Image
 from edgeres.card import Preprocess
 from edgeres.data import CALIBRATION_LIST, Dataset, open_dataset, stratum_split
 from edgeres.errors import EdgeresError, InputError
+from edgeres.io import dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _write_digits_tree(tmp: Path, images: np.ndarray, targets: np.ndarray, *, se
             "digits, 8x8, 16 grey levels scaled to 0..255)", "classes": DIGITS_CLASSES, "seed": seed,
             "val_fraction": val_fraction, "images": int(len(images)), **counts, "calibration": len(calibration),
             "preprocess": digits_preprocess().to_dict()}
-    (tmp / "digits.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (tmp / "digits.json").write_text(dumps_json(meta, what="digits.json") + "\n", encoding="utf-8")
 
 
 def _replace_folder(new: Path, out: Path) -> None:

@@ -37,6 +37,10 @@ class BackendUnavailable(BackendError):
     """A backend's runtime (TensorRT, pycuda, a CUDA device) is not present on this machine."""
 
 
+class WriteError(EdgeresError):
+    """An output cannot be written: a folder that is not writable, a full disk, a value JSON cannot hold."""
+
+
 class GateInputError(InputError):
     """A usage or input error of the gate: exit status 2, apart from regressions (1) and inconclusive (3)."""
 

@@ -23,6 +23,37 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 17
 PARITY_MAX_ABS = 1e-4
 ODD_BATCH = 5
+CHECKPOINT_SHA_KEY = "edgeres.checkpoint_sha256"  # metadata_props: sha256 of the checkpoint the ONNX came from
+
+
+def max_opset() -> int:
+    """The highest opset the legacy (TorchScript) exporter writes with this torch."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):  # a torch that moved the constant: its long-standing value
+        return 20
+
+
+def checkpoint_sha256_of(onnx_model: object) -> str | None:
+    """The checkpoint sha256 an exported ``onnx.ModelProto`` records, or None (exported before it was recorded)."""
+    for prop in getattr(onnx_model, "metadata_props", []):
+        if prop.key == CHECKPOINT_SHA_KEY:
+            return str(prop.value)
+    return None
+
+
+def check_finite_weights(model: torch.nn.Module, *, source: str | Path) -> None:
+    """Refuse a model with NaN or infinite weights (a diverged training): it would export and "pass" parity.
+
+    Raises:
+        ModelError: naming the first non-finite tensor.
+    """
+    for name, tensor in list(model.state_dict().items()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{source} holds non-finite weights ({name} has NaN or inf): its training diverged; "
+                             "retrain it with a lower --lr")
 
 
 @dataclass
@@ -83,13 +114,22 @@ def export_onnx(checkpoint: str | Path, *, out: str | Path, opset: int = MIN_OPS
         arch: the architecture of a bare state dict (torchvision weights).
         quiet: no progress output.
     """
+    from edgeres.io import check_writable, refuse_overwriting_inputs, sha256_file
+
     out = Path(out)
     if opset < MIN_OPSET:
         raise InputError(f"--opset must be at least {MIN_OPSET}, got {opset}")
+    if opset > max_opset():  # torch would print hundreds of lines of IR, then fail
+        raise InputError(f"--opset must be at most {max_opset()} (the highest torch {torch.__version__} "
+                         f"exports), got {opset}")
     fixed_batch = _parse_batch(batch)
+    refuse_overwriting_inputs({"CHECKPOINT": checkpoint}, {"--out": out})
     if out.exists() and not force:
         raise InputError(f"{out} already exists; pass --force to overwrite it")
+    check_writable(out, what="ONNX file")
     model, card = load_for_export(checkpoint, arch=arch)
+    check_finite_weights(model, source=checkpoint)
+    checkpoint_sha = sha256_file(checkpoint)
     pre = card.preprocess
     example = torch.zeros((fixed_batch or 1, *pre.input_shape), dtype=torch.float32)
 
@@ -99,6 +139,8 @@ def export_onnx(checkpoint: str | Path, *, out: str | Path, opset: int = MIN_OPS
 
         proto = onnx.load(str(tmp))
         attach_card_to_onnx(proto, card)
+        entry = proto.metadata_props.add()  # build reuses this ONNX for that checkpoint only (content, not time)
+        entry.key, entry.value = CHECKPOINT_SHA_KEY, checkpoint_sha
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
         result = ExportResult(path=out, opset=opset, max_abs_diff=0.0, top1_agreement=1.0, parity_images=0,
@@ -170,7 +212,7 @@ def _check_parity(model: torch.nn.Module, onnx_path: Path, card: ModelCard, *, o
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
             total += bs
     top1 = agree / total
-    if max_abs > PARITY_MAX_ABS or agree != total:
+    if not np.isfinite(max_abs) or max_abs > PARITY_MAX_ABS or agree != total:
         raise ParityError(f"ONNX export of {card.arch} does not match PyTorch: max |dlogit| {max_abs:.3g} "
                           f"(limit {PARITY_MAX_ABS:g}), top-1 agreement {100 * top1:.1f}%; {out} was not written")
     return ExportResult(path=out, opset=opset, max_abs_diff=max_abs, top1_agreement=top1, parity_images=total,

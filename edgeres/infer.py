@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeres.errors import DataError, EdgeresError, InputError
+from edgeres.errors import DataError, EdgeresError, InputError, ModelError
 from edgeres.timing import LatencyStats, format_table, stage_summary, stats_table, throughput
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,15 @@ class _Pipeline:
         self.times["inference"].append(inf_ms)
         for name in ("h2d", "compute", "d2h"):
             self.times[name].append(getattr(stages, f"{name}_ms", None) if stages is not None else None)
-        probs = softmax(np.asarray(logits[:len(members)], dtype=np.float64))
+        real = np.asarray(logits[:len(members)], dtype=np.float64)
+        if not np.isfinite(real).all():
+            first = members[int(np.flatnonzero(~np.isfinite(real).all(axis=1))[0])]
+            raise ModelError(f"the model gave NaN or infinite scores (first for {first}): its weights are broken "
+                             "(a diverged training?); retrain with a lower --lr, export and build again")
+        if real.shape[1] != len(self.classes):
+            raise ModelError(f"the model gives {real.shape[1]} scores per image but its card names "
+                             f"{len(self.classes)} classes: card and model disagree; re-export the model")
+        probs = softmax(real)
         order = np.argsort(-probs, axis=1, kind="stable")
         for path, p, idx in zip(members, probs, order):
             label = path.parent.name if path.parent != self.folder else None
@@ -335,10 +343,22 @@ def load_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"results file {path} not found; write one with `edgeres infer ... --out {path.name}`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        kind = "a CSV file" if path.suffix.lower() == ".csv" or "," in path.read_text(errors="replace")[:200] \
+            else "not JSON"
+        raise InputError(f"{path} is {kind}, not an `edgeres infer` results JSON; compare reads the .json that "
+                         f"`edgeres infer ... --out results.json` writes (JSON error: {exc.msg}, line {exc.lineno})"
+                         ) from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read results file {path} ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
         raise InputError(f"{path} is not an `edgeres infer` results JSON (no 'summary' object)")
+    from edgeres.schema import RESULTS, SchemaError, validate
+
+    try:
+        validate(data, RESULTS)
+    except SchemaError as exc:
+        raise InputError(f"results file {path}: {exc}; write it again with `edgeres infer ... --out`") from None
     return data["summary"]
 
 

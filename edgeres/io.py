@@ -1,15 +1,18 @@
-"""Atomic file writes: outputs go to a temporary file beside the target and are renamed into place, so an
-interrupted or failed command never leaves a half-written file or destroys an existing one."""
+"""Safe file writes: outputs go to a temporary file beside the target and are renamed into place, so an
+interrupted or failed command never leaves a half-written file or destroys an existing one; JSON is always valid
+JSON (no NaN); output locations are checked before the work, and no command writes over its own inputs."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgeres.errors import InputError, ModelError
+from edgeres.errors import InputError, ModelError, WriteError
 
 
 @contextlib.contextmanager
@@ -54,9 +57,117 @@ def write_text_atomic(target: str | os.PathLike[str], text: str, *, force: bool 
     return write_bytes_atomic(target, text.encode("utf-8"), force=force)
 
 
+def dumps_json(obj: Any, *, what: str, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """``obj`` as strict JSON text: a NaN or infinity (which ``json`` would write as invalid bare ``NaN``) is refused.
+
+    Args:
+        obj: a JSON-ready object.
+        what: how the error names the output, e.g. ``"results file r.json"``.
+
+    Raises:
+        WriteError: naming the first non-finite value's place, e.g. ``results[3].topk[0][1]``.
+    """
+    try:
+        return json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False)
+    except ValueError as exc:
+        place = _non_finite_place(obj) or "a value"
+        raise WriteError(f"cannot write {what}: {place} is not a finite number, which JSON cannot hold (the model "
+                         f"or measurement produced NaN/inf; was it trained with too high a --lr?)") from exc
+
+
+def _non_finite_place(obj: Any, where: str = "") -> str | None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the value"
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for place, value in items:
+        found = _non_finite_place(value, place)
+        if found:
+            return found
+    return None
+
+
 def write_json_atomic(target: str | os.PathLike[str], obj: Any, *, force: bool = True) -> Path:
-    """Write ``obj`` as indented JSON to ``target`` atomically and return the path."""
-    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False) + "\n", force=force)
+    """Write ``obj`` as indented, strict JSON (see :func:`dumps_json`) to ``target`` atomically; return the path."""
+    return write_text_atomic(target, dumps_json(obj, what=str(target)) + "\n", force=force)
+
+
+def check_writable(*targets: str | os.PathLike[str] | None, what: str = "output") -> None:
+    """Refuse, before any work, output files whose folder cannot be written (or created).
+
+    Args:
+        targets: output files (None entries are skipped).
+        what: how the message names them.
+
+    Raises:
+        WriteError: naming the file and the folder that is not writable.
+    """
+    for target in targets:
+        if target is None:
+            continue
+        target = Path(target)
+        if target.is_dir():
+            raise WriteError(f"{what} {target} is a folder; pass a file name")
+        folder = target.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the folder that would hold the new ones
+        if not folder.is_dir():
+            raise WriteError(f"cannot write {what} {target}: {folder} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise WriteError(f"cannot write {what} {target}: folder {folder} is not writable (read-only); "
+                             "choose another location")
+
+
+def check_writable_dir(folder: str | os.PathLike[str], *, what: str = "output folder") -> None:
+    """Refuse a folder that cannot be written or created (see :func:`check_writable`)."""
+    check_writable(Path(folder) / ".edgeres-probe", what=what)
+
+
+def refuse_overwriting_inputs(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """No command writes over one of its own inputs, or writes two outputs to one file, ``--force`` or not.
+
+    Args:
+        inputs: ``{"MODEL": path, "--ranges": path, ...}``; None values are skipped.
+        outputs: ``{"--out": path, "--trt-cache": path, ...}``; None values are skipped.
+
+    Raises:
+        InputError: naming both options and the file.
+    """
+    ins = [(name, Path(p)) for name, p in inputs.items() if p is not None]
+    outs = [(name, Path(p)) for name, p in outputs.items() if p is not None]
+    for i, (out_name, out) in enumerate(outs):
+        for in_name, inp in ins:
+            if _same_file(out, inp):
+                raise InputError(f"{out_name} {out} is {in_name}, an input of this command; writing it would "
+                                 "destroy the input (even with --force): choose another output name")
+        for other_name, other in outs[i + 1:]:
+            if _same_file(out, other):
+                raise InputError(f"{out_name} and {other_name} are the same file {out}; one would overwrite the "
+                                 "other: give them different names")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an I/O error: the file and the cause, with "disk full" for ENOSPC."""
+    causes = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+    cause = causes.get(exc.errno or -1) or exc.strerror or str(exc)
+    name = exc.filename if exc.filename is not None else None
+    if name is not None and exc.filename2 is not None:
+        name = f"{exc.filename} -> {exc.filename2}"
+    return f"{cause}: {name}" if name else f"I/O error: {cause}"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

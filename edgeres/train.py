@@ -285,11 +285,15 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
                     group["lr"] = _lr_at(cfg, epoch, step, steps)
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise _diverged(out, f"the loss became {value} at epoch {epoch + 1}, step {step + 1}",
+                                    lr=cfg.lr, kept=epoch > start_epoch or state is not None)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 seen += len(idx)
-                loss_sum += loss.item() * len(idx)
+                loss_sum += value * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
                 bar.update(len(idx), loss=loss_sum / seen, acc=correct / seen)
             val_top1 = evaluate(model, val_split)
@@ -297,6 +301,9 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen,
                         "val_top1": val_top1})
         card.metrics = _metrics(history)
+        if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+            raise _diverged(out, f"the weights became NaN or infinite in epoch {epoch + 1}", lr=cfg.lr,
+                            kept=epoch > start_epoch or state is not None)
         _save_checkpoint(out, model=model, optimizer=optimizer, card=card, cfg=cfg, epoch=epoch + 1,
                          history=history)
     seconds = time.perf_counter() - begin
@@ -306,6 +313,13 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     return TrainResult(checkpoint=out, arch=cfg.arch, best_val_top1=metrics["best_val_top1"],
                        final_val_top1=metrics["val_top1"], epochs_run=cfg.epochs - start_epoch, seconds=seconds,
                        history=history)
+
+
+def _diverged(out: Path, what: str, *, lr: float, kept: bool) -> ModelError:
+    """The error that stops a diverging run before a NaN checkpoint is written."""
+    where = f"{out} keeps the last finished epoch" if kept else f"nothing was written to {out}"
+    return ModelError(f"training diverged: {what} (peak lr {lr:g}); {where}. Lower --lr (e.g. {lr / 10:g}) and "
+                      "train again")
 
 
 def _validate(cfg: TrainConfig) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeres.card import ModelCard
-from edgeres.errors import BackendError, InputError
+from edgeres.errors import BackendError, InputError, ModelError
 
 SIDECAR_FORMAT = 1
 
@@ -91,6 +91,7 @@ class Sidecar:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     edgeres_version: str = ""
     format: int = SIDECAR_FORMAT
+    card_sha256: str = ""  # sha256 of the card as built: an edited card (class names, preprocessing) is refused
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -106,11 +107,23 @@ class Sidecar:
 
     @classmethod
     def read(cls, path: str | Path) -> Sidecar:
+        """Read and validate a sidecar file; any defect is one BackendError naming the file and the key."""
+        from edgeres.schema import SIDECAR, SchemaError, validate
+
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            data = json.loads(path.read_text())
+            validate(data, SIDECAR)
+            sidecar = cls.from_dict(data)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BackendError(f"cannot read artifact sidecar {path} ({exc}); rebuild with `edgeres build`") from exc
+        except (SchemaError, ModelError) as exc:
+            raise BackendError(f"artifact sidecar {path}: {exc}; rebuild with `edgeres build`") from exc
+        if sidecar.card_sha256 and sidecar.card_sha256 != card_sha256(sidecar.card):
+            raise BackendError(f"artifact sidecar {path}: its model card (class names, preprocessing) was edited "
+                               "after the build, so labels could be wrong; restore it or rebuild with "
+                               "`edgeres build`")
+        return sidecar
 
 
 def sidecar_path(artifact: str | Path) -> Path:
@@ -139,10 +152,18 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def card_sha256(card: ModelCard) -> str:
+    """sha256 of a card's canonical JSON."""
+    import hashlib
+
+    return hashlib.sha256(card.to_json().encode("utf-8")).hexdigest()
+
+
 def write_sidecar(artifact: str | Path, sidecar: Sidecar) -> Path:
-    """Write ``sidecar`` beside ``artifact`` atomically; returns the sidecar path."""
+    """Write ``sidecar`` beside ``artifact`` atomically (with the hash of its card); returns the sidecar path."""
     from edgeres.io import write_json_atomic
 
+    sidecar.card_sha256 = card_sha256(sidecar.card)
     return write_json_atomic(sidecar_path(artifact), sidecar.to_dict())
 
 

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from edgeres import __version__
 from edgeres.backends.base import BackendName, BatchProfile, Precision, Sidecar, StageTimes, write_sidecar
 from edgeres.card import ModelCard
-from edgeres.errors import BackendError, InputError
+from edgeres.errors import BackendError, InputError, ModelError
 from edgeres.io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,13 @@ class OnnxRuntimeRunner:
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
         self._input_fp16 = inp.type == "tensor(float16)"
-        self._output_names = [self._session.get_outputs()[0].name]
+        output = self._session.get_outputs()[0]
+        classes = output.shape[-1] if len(output.shape) == 2 else None
+        if isinstance(classes, int) and classes != card.num_classes:
+            raise ModelError(f"{self.path} gives {classes} scores per image but its model card names "
+                             f"{card.num_classes} classes: labels would be wrong; rebuild it from the model's own "
+                             "export")
+        self._output_names = [output.name]
         self.profile = profile or profile_of(self._session)
         self._sample_shape = tuple(card.preprocess.input_shape)
         self.providers = self._session.get_providers()

@@ -13,7 +13,6 @@ written, in float) is the saturation-free execution whose accuracy predicts a Te
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from edgeres.errors import InputError, ModelError
+from edgeres.io import dumps_json
 from edgeres.quantize.fold import fold_batchnorm
 from edgeres.quantize.graph import Activations, GraphIndex, Placement, placement
 
@@ -265,4 +265,4 @@ def _record(model: Any, ranges: Any, *, activations: Activations, keep_fp32: lis
             model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
     entry.key = QUANT_METADATA_KEY
-    entry.value = json.dumps(info, sort_keys=True)
+    entry.value = dumps_json(info, what="the quantization record", indent=None, sort_keys=True)

@@ -1,0 +1,188 @@
+"""Issue 16's principles, one class of failure per test: never deploy the wrong model, never write over the user's
+files, clear messages. (Input validation: test_schema.py; I/O faults and signals: test_faults.py.)"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from cli import cli
+from conftest import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
+from edgeres.backends import BatchProfile, sidecar_path
+from edgeres.build import build_artifact
+from edgeres.card import ModelCard, Preprocess
+from edgeres.errors import BackendError, GateInputError, InputError, ModelError, WriteError
+
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result: Result, *needles: str, exit_code: int = 1) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def _card(classes: list[str] = TINY_CLASSES, **dataset: str) -> ModelCard:
+    return ModelCard(arch="resnet20", class_names=list(classes), preprocess=Preprocess.small(size=32, channels=1),
+                     dataset=dict(dataset))
+
+
+def _images(folder: Path, per_class: int = 2, classes: list[str] = TINY_CLASSES) -> Path:
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+            Image.fromarray(img, "L").save(folder / name / f"{i}.png")
+    return folder
+
+
+def _checkpoint(path: Path, *, seed: int, nan: bool = False) -> Path:
+    model = tiny_resnet20(seed=seed)
+    state = model.state_dict()
+    if nan:
+        state["conv1.weight"] = torch.full_like(state["conv1.weight"], float("nan"))
+    torch.save({"format": "edgeres-checkpoint-1", "model": state, "card": _card().to_dict()}, path)
+    return path
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _images(tmp_path_factory.mktemp("rel-images") / "imgs")
+
+
+# --- 1. never deploy the wrong model ----------------------------------------------------------------------------
+
+def test_build_reuses_an_export_by_checkpoint_content_never_by_file_time(tmp_path: Path, images: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "model.pt", seed=1)
+    first = build_artifact(ckpt, precision="fp32", calib_dir=images, verify_images=0, quiet=True)
+    assert first.exported
+    # a new checkpoint arrives with an old time stamp (cp -p, rsync, git checkout): the export is now older... by
+    # content, though file time says the ONNX is newer
+    _checkpoint(ckpt, seed=2)
+    os.utime(ckpt, (1, 1))
+    with pytest.raises(InputError, match="exported from another checkpoint .* --force"):
+        build_artifact(ckpt, precision="fp16", calib_dir=images, verify_images=0, quiet=True)
+    rebuilt = build_artifact(ckpt, precision="fp16", calib_dir=images, verify_images=0, force=True, quiet=True)
+    assert rebuilt.exported
+    # the same checkpoint, whatever its time stamp (here: newer than the ONNX): reused
+    os.utime(ckpt, (2e9, 2e9))
+    again = build_artifact(ckpt, precision="int8", calib_dir=images, calib_images=8, verify_images=0, quiet=True)
+    assert not again.exported
+
+
+def test_an_onnx_that_records_no_checkpoint_is_not_taken_for_it(tmp_path: Path, images: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "model.pt", seed=1)
+    make_tiny_onnx(tmp_path / "model.onnx")  # same name, no record of where it came from
+    os.utime(ckpt, (1, 1))
+    with pytest.raises(InputError, match="does not record which checkpoint"):
+        build_artifact(ckpt, precision="fp32", verify_images=0, quiet=True)
+
+
+def test_check_refuses_a_reference_that_is_not_the_artifacts_source(tmp_path: Path, images: Path) -> None:
+    good = make_tiny_onnx(tmp_path / "good.onnx", seed=0)
+    other = make_tiny_onnx(tmp_path / "other.onnx", seed=5)
+    art = build_artifact(good, precision="fp32", calib_dir=images, verify_images=0, quiet=True).artifact
+    base = tmp_path / "base.json"
+    res = invoke("check", art, "--baseline", base, "--data", images, "--reference", other, "--update-baseline",
+                 "--no-latency")
+    one_line_error(res, "--reference", "is not the model", "built from", exit_code=2)
+    assert not base.exists()
+    # a quantize output names its FP32 model too
+    qdq = tmp_path / "good.qdq.onnx"
+    assert invoke("calibrate", good, "--data", images, "--images", "8", "--batch", "4").exit_code == 0
+    assert invoke("quantize", good, "--ranges", tmp_path / "good.ranges.json", "--out", qdq).exit_code == 0
+    res = invoke("check", qdq, "--baseline", base, "--data", images, "--reference", other, "--update-baseline",
+                 "--no-latency")
+    one_line_error(res, "is not the model", exit_code=2)
+    # the right reference passes
+    for artifact in (art, qdq):
+        res = invoke("check", artifact, "--baseline", base, "--data", images, "--reference", good,
+                     "--update-baseline", "--no-latency")
+        assert res.exit_code == 0, res.output
+
+
+def test_training_that_diverges_stops_with_an_error_and_writes_no_checkpoint(digits_slice: Path,
+                                                                              tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    res = invoke("train", digits_slice, "--out", out, "--epochs", "2", "--batch-size", "8", "--lr", "1e6",
+                 "--threads", "1")
+    one_line_error(res, "training diverged", "--lr")
+    assert not out.exists()
+
+
+def test_export_and_build_refuse_non_finite_weights(tmp_path: Path, images: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "nan.pt", seed=1, nan=True)
+    one_line_error(invoke("export", ckpt, "--out", tmp_path / "nan.onnx"), "non-finite weights", "conv1.weight")
+    assert not (tmp_path / "nan.onnx").exists()
+    model = tiny_resnet20(seed=1)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("inf")
+    onnx_path = export_tiny(model, tmp_path / "inf.onnx", _card())
+    before = _files(tmp_path)
+    res = invoke("build", onnx_path, "--precision", "fp32", "--calib", images)
+    one_line_error(res, "non-finite weights")
+    assert _files(tmp_path) == before  # nothing written
+
+
+def test_json_is_never_written_with_nan(tmp_path: Path) -> None:
+    from edgeres.io import write_json_atomic
+
+    with pytest.raises(WriteError, match=r"results\[1\]\.score is not a finite number"):
+        write_json_atomic(tmp_path / "r.json", {"results": [{"score": 1.0}, {"score": math.nan}]})
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(WriteError):
+        write_json_atomic(tmp_path / "r.json", [math.inf])
+
+
+def test_infer_refuses_nan_scores_instead_of_writing_them(tmp_path: Path, images: Path) -> None:
+    model = tiny_resnet20(seed=1)
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    onnx_path = export_tiny(model, tmp_path / "nan.onnx", _card())
+    out = tmp_path / "r.json"
+    res = invoke("infer", onnx_path, images, "--out", out, "--json")
+    one_line_error(res, "NaN or infinite scores")
+    assert not out.exists() and ": NaN" not in res.output
+
+
+def test_a_card_whose_class_count_differs_from_the_outputs_is_refused(tmp_path: Path, images: Path) -> None:
+    onnx_path = export_tiny(tiny_resnet20(seed=1), tmp_path / "m.onnx", _card(TINY_CLASSES[:3]))
+    one_line_error(invoke("build", onnx_path, "--precision", "fp32", "--calib", images, "--out", tmp_path / "o"),
+                   "not class scores", "3 classes")
+    assert not (tmp_path / "o").exists()
+    one_line_error(invoke("infer", onnx_path, images), "10 scores per image", "3 classes")
+
+
+def test_a_sidecar_whose_class_names_were_edited_is_refused(tmp_path: Path, images: Path) -> None:
+    art = build_artifact(make_tiny_onnx(tmp_path / "m.onnx"), precision="fp32", calib_dir=images, verify_images=0,
+                         quiet=True).artifact
+    side = sidecar_path(art)
+    data = json.loads(side.read_text())
+    data["card"]["class_names"] = list(reversed(data["card"]["class_names"]))
+    side.write_text(json.dumps(data))
+    one_line_error(invoke("infer", art, images), "model card", "was edited")
+    with pytest.raises(BackendError, match="was edited"):
+        from edgeres import backends
+
+        backends.open(art)
