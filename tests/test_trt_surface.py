@@ -16,18 +16,22 @@ BACKENDS = ROOT / "edgeres" / "backends"
 # every module that holds TensorRT or pycuda objects (test_sources_cover_every_module_that_reaches_tensorrt)
 SOURCES = [BACKENDS / "tensorrt.py", BACKENDS / "tensorrt_runner.py", BACKENDS / "cuda.py"]
 ALL = set(VERSIONS)
-PRE_11 = {"8.6.1", "10.13.3"}
-FROM_10 = {"10.13.3", "11.4.0"}
+V8 = {v for v in VERSIONS if v.startswith("8.")}  # 8.5.2 (JetPack 5.1), 8.6.1
+V10 = {v for v in VERSIONS if v.startswith("10.")}  # 10.3.0 (JetPack 6.1/6.2), 10.13.3
+PRE_11 = V8 | V10
+FROM_10 = V10 | {"11.4.0"}
 
 # Names the code uses only on some versions (the branch is chosen in Features.detect); everything else is used
-# on every version and must exist in all three surfaces.
+# on every version and must exist in every recorded surface (tests/trt_api: each TensorRT of the README's JetPack
+# table, and the newest desktop releases).
 BRANCH_ONLY = {
-    "NetworkDefinitionCreationFlag.EXPLICIT_BATCH": {"8.6.1"},  # required on 8.x
-    "NetworkDefinitionCreationFlag.STRONGLY_TYPED": {"10.13.3"},  # Q/DQ on 10.x
+    "NetworkDefinitionCreationFlag.EXPLICIT_BATCH": V8,  # required on 8.x
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED": V10,  # Q/DQ on 10.x
     "BuilderFlag.FP16": PRE_11,  # weakly typed networks only
     "BuilderFlag.INT8": PRE_11,
     "IInt8EntropyCalibrator2": PRE_11,  # implicit INT8
     "IInt8MinMaxCalibrator": PRE_11,
+    "IBuilderConfig.set_calibration_profile": PRE_11,  # on-device calibration (implicit INT8)
     "IBuilderConfig.int8_calibrator": PRE_11,
     "IInt8EntropyCalibrator2.__init__": PRE_11,
     "IInt8EntropyCalibrator2.get_batch_size": PRE_11,
@@ -68,12 +72,10 @@ PYCUDA_API = {
     "pagelocked_empty", "memcpy_htod", "memcpy_dtoh", "memcpy_htod_async", "memcpy_dtoh_async", "get_version",
     "get_driver_version", "device_attribute", "ctx_flags", "Error", "LogicError", "RuntimeError", "MemoryError",
     "Device.count", "Device.name", "Device.compute_capability", "Device.total_memory", "Device.get_attribute",
-    "Device.make_context", "Context.push", "Context.pop", "Context.detach", "Context.get_current",
+    "Device.retain_primary_context", "Context.push", "Context.pop", "Context.detach", "Context.get_current",
     "Context.synchronize", "Context.get_device", "Stream.handle", "Stream.synchronize", "Stream.is_done",
     "Event.record", "Event.synchronize", "Event.query", "Event.time_till", "Event.time_since",
     "DeviceAllocation.free", "device_attribute.INTEGRATED",
-    # CUDA graphs, pycuda 2022.2+ (feature-detected by the runner; not checked on a GPU from this project yet)
-    "Stream.begin_capture", "Stream.end_capture", "Graph", "Graph.instantiate", "GraphExec", "GraphExec.launch",
 }
 
 
@@ -211,7 +213,7 @@ def test_collector_sees_the_gpu_layer(used: _Collector) -> None:
                 "BuilderFlag.FP16", "IBuilderConfig.int8_calibrator", "IProgressMonitor.step_complete",
                 "ILogger.Severity", "MemoryPoolType.WORKSPACE", "IInt8EntropyCalibrator2.read_calibration_cache"}
     assert expected <= used.trt, expected - used.trt
-    assert {"Event.time_till", "Context.pop", "Device.make_context", "pagelocked_empty", "memcpy_htod_async",
+    assert {"Event.time_till", "Context.pop", "Device.retain_primary_context", "pagelocked_empty", "memcpy_htod_async",
             "Stream.handle", "Stream.synchronize", "Context.detach"} <= used.cuda
 
 
@@ -322,7 +324,7 @@ def test_double_refuses_what_the_real_version_lacks(version: str) -> None:
                       lambda: trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH, lambda: trt.IInt8EntropyCalibrator2):
             with pytest.raises(AttributeError):
                 probe()
-    if version == "8.6.1":
+    if version in V8:
         with pytest.raises(AttributeError):
             trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED  # noqa: B018
         with pytest.raises(AttributeError):
@@ -337,9 +339,37 @@ def test_surfaces_are_what_the_tool_records() -> None:
     for version in VERSIONS:
         surface = json.loads((ROOT / "tests" / "trt_api" / f"{version}.json").read_text())
         assert surface["version"].startswith(version)
-        assert "createInferBuilder_INTERNAL" in surface["source"]["stubbed_symbols"]
+        # recorded from a real wheel, or derived (8.5.x: no wheel) from one by NVIDIA's sources at a named commit
+        recorded = surface["source"].get("derived_from", surface["source"])
+        assert "createInferBuilder_INTERNAL" in recorded["stubbed_symbols"]
         sigs = surface["classes"]["IExecutionContext"]["methods"]["execute_async_v3"]
         assert sigs and "stream_handle" in sigs[0]
+        if "derived_from" in surface["source"]:
+            git = surface["source"]["git"]
+            assert len(git["commit"]) == len(git["from_commit"]) == 40 and git["tag"].lstrip("v") == version
+
+
+def test_derived_8_5_lacks_what_arrived_in_8_6() -> None:
+    # python/src/infer/pyCore.cpp binds these from v8.6.1 on, not at 8.5.2 (what JetPack 5.1 ships)
+    old, new = make_tensorrt("8.5.2", FakeGpu()), make_tensorrt("8.6.1", FakeGpu())
+    for trt in (old, new):
+        config = trt.Builder(trt.Logger()).create_builder_config()
+        if trt is new:
+            config.builder_optimization_level = 3
+            assert config.builder_optimization_level == 3
+            assert trt.BuilderFlag.VERSION_COMPATIBLE.name == "VERSION_COMPATIBLE"
+            continue
+        with pytest.raises(AttributeError):
+            config.builder_optimization_level = 3
+        with pytest.raises(AttributeError):
+            trt.BuilderFlag.VERSION_COMPATIBLE  # noqa: B018
+        with pytest.raises(AttributeError):
+            trt.HardwareCompatibilityLevel  # noqa: B018
+    runtime_8_5 = load_surface("8.5.2")["classes"]["Runtime"]["properties"]
+    assert "engine_host_code_allowed" not in runtime_8_5 and "DLA_core" in runtime_8_5
+    # the enum values come from the 8.5.2 headers: BuilderFlag.FP16 = 0 ... ENABLE_TACTIC_HEURISTIC = 14
+    flags = load_surface("8.5.2")["classes"]["BuilderFlag"]["enum_members"]
+    assert flags["FP16"] == 0 and flags["INT8"] == 1 and flags["ENABLE_TACTIC_HEURISTIC"] == 14
 
 
 def test_pycuda_double_enforces_context_rules() -> None:
