@@ -20,6 +20,7 @@ V8 = {v for v in VERSIONS if v.startswith("8.")}  # 8.5.2 (JetPack 5.1), 8.6.1
 V10 = {v for v in VERSIONS if v.startswith("10.")}  # 10.3.0 (JetPack 6.1/6.2), 10.13.3
 PRE_11 = V8 | V10
 FROM_10 = V10 | {"11.4.0"}
+FROM_86 = ALL - {"8.5.2"}
 
 # Names the code uses only on some versions (the branch is chosen in Features.detect); everything else is used
 # on every version and must exist in every recorded surface (tests/trt_api: each TensorRT of the README's JetPack
@@ -46,6 +47,12 @@ BRANCH_ONLY = {
     "IProgressMonitor.phase_finish": FROM_10,
     "ParserError.node_name": FROM_10,  # 8.x: node index only
     "ParserError.node_operator": FROM_10,
+    # arrived in 8.6 (python/src/infer/pyCore.cpp), absent on 8.5.2 (JetPack 5.1): --opt-level (Features.
+    # optimization_level) and --version-compatible (hasattr BuilderFlag.VERSION_COMPATIBLE) refuse to run there
+    "IBuilderConfig.builder_optimization_level": FROM_86,
+    "BuilderFlag.VERSION_COMPATIBLE": FROM_86,
+    "Runtime.engine_host_code_allowed": FROM_86,  # only for version-compatible engines
+    "IBuilderConfig.set_calibration_profile": PRE_11,  # implicit INT8 on the device
 }
 
 # local names / attributes in the source -> the TensorRT class of the object they hold
