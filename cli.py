@@ -517,9 +517,9 @@ def infer(ctx: click.Context, artifact: Path, images: Path, batch: int, top_k: i
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as one JSON object.")
 def compare_results(results: tuple[Path, ...], as_json: bool) -> None:
     """Print the summaries of several `edgeres infer --out X.json` RESULTS side by side (accuracy, latency)."""
-    from edgeres.infer import compare_table, load_summary
+    from edgeres.infer import compare_table, distinct_labels, load_summary
 
-    summaries = {path.stem: load_summary(path) for path in results}
+    summaries = {label: load_summary(path) for label, path in zip(distinct_labels(results), results)}
     if as_json:
         echo_json(summaries)
     else:

@@ -86,13 +86,15 @@ def load_baseline(path: str | Path) -> Baseline:
         raise GateInputError(f"cannot read baseline {path} ({exc})") from exc
     if not isinstance(data, dict):
         raise GateInputError(f"baseline {path} is not a JSON object")
-    if data.get("kind") == "edgeres.baseline":
-        from edgeres.schema import BASELINE, SchemaError, validate
+    if data.get("kind") != "edgeres.baseline":
+        raise GateInputError(f"{path} is not an edgeres baseline (no kind 'edgeres.baseline'); write one with "
+                             f"`edgeres check ARTIFACT --baseline {path} --update-baseline`")
+    from edgeres.schema import BASELINE, SchemaError, validate
 
-        try:  # every key the gate reads, checked once: a malformed baseline is exit 2, never a "regression"
-            validate(data, BASELINE)
-        except SchemaError as exc:
-            raise GateInputError(f"baseline {path}: {exc}; rewrite it with --update-baseline") from exc
+    try:  # every key the gate reads, checked once: a malformed baseline is exit 2, never a "regression"
+        validate(data, BASELINE)
+    except SchemaError as exc:
+        raise GateInputError(f"baseline {path}: {exc}; rewrite it with --update-baseline") from exc
     return Baseline.from_dict(data)
 
 

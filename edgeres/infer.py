@@ -344,11 +344,10 @@ def load_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"results file {path} not found; write one with `edgeres infer ... --out {path.name}`") from None
     except json.JSONDecodeError as exc:
-        kind = "a CSV file" if path.suffix.lower() == ".csv" or "," in path.read_text(errors="replace")[:200] \
-            else "not JSON"
-        raise InputError(f"{path} is {kind}, not an `edgeres infer` results JSON; compare reads the .json that "
-                         f"`edgeres infer ... --out results.json` writes (JSON error: {exc.msg}, line {exc.lineno})"
-                         ) from None
+        csv = path.suffix.lower() == ".csv" or "," in path.read_text(errors="replace").partition("\n")[0]
+        what = "a CSV file" if csv else f"not JSON (line {exc.lineno}: {exc.msg})"
+        raise InputError(f"{path} is {what}, not an `edgeres infer` results JSON; compare reads the .json that "
+                         "`edgeres infer ... --out results.json` writes") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read results file {path} ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
@@ -360,6 +359,25 @@ def load_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     except SchemaError as exc:
         raise InputError(f"results file {path}: {exc}; write it again with `edgeres infer ... --out`") from None
     return data["summary"]
+
+
+def distinct_labels(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Column labels for results files: their stems, or as many trailing path parts as make them differ
+    (``a/results`` and ``b/results``); the same file given twice is numbered."""
+    parts = [Path(p).with_suffix("").parts for p in paths]
+    depth = 1
+    while depth <= max(len(p) for p in parts):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+        depth += 1
+    labels = ["/".join(p) for p in parts]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
 
 
 def compare_table(summaries: dict[str, dict[str, Any]]) -> str:

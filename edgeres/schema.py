@@ -137,7 +137,8 @@ SIDECAR = Obj(
     required={"backend": str, "precision": str, "card": CARD, "artifact_file": str, "artifact_sha256": str,
               "source_onnx_sha256": str},
     optional={"backend_version": str, "profile": Obj(required={"min": int, "opt": int, "max": int}),
-              "int8": dict, "fingerprint": dict, "options": dict, "created": str, "edgeres_version": str,
+              "int8": dict, "fingerprint": dict, "options": Obj(optional={"threads": Null(int)}), "created": str,
+              "edgeres_version": str,
               "format": int, "card_sha256": str},
 )
 
