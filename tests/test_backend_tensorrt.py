@@ -139,7 +139,7 @@ def test_build_fp32_and_infer_in_batches(double, fp32_onnx: Path, tmp_path: Path
     assert not double.gpu.memory, "device memory freed on close"
     assert all(not c.alive for c in double.gpu.contexts) and not double.gpu.stack()
     # what must differ: 8.x sets EXPLICIT_BATCH; 10.x ignores it and 11.x lacks it
-    assert fp["network_flags"] == (["EXPLICIT_BATCH"] if double.version == "8.6.1" else [])
+    assert fp["network_flags"] == (["EXPLICIT_BATCH"] if double.version.startswith("8.") else [])
 
 
 def test_batches_larger_than_the_profile_are_split(double, fp32_onnx: Path, tmp_path: Path, card) -> None:
@@ -170,10 +170,10 @@ def test_int8_explicit_qdq(double, qdq_onnx: Path, tmp_path: Path, card) -> None
     out, sidecar = _build(qdq_onnx, tmp_path, card, Precision.INT8)
     header = _engine_header(out)
     flags = set(header["builder_flags"])
-    if double.version == "8.6.1":  # 8.x: Q/DQ networks need the INT8 flag; explicit batch
+    if double.version.startswith("8."):  # 8.x: Q/DQ networks need the INT8 flag; explicit batch
         assert "INT8" in flags and header["network_flags"] & 1
         assert not header["strongly_typed"]
-    elif double.version == "10.13.3":  # 10.x: strongly typed, no precision flags
+    elif double.version.startswith("10."):  # 10.x: strongly typed, no precision flags
         assert sidecar.fingerprint["network_flags"] == ["STRONGLY_TYPED"]
         assert header["strongly_typed"] and not flags & {"FP16", "INT8"}
     else:  # 11.x: always strongly typed; no flag to set
@@ -208,7 +208,7 @@ def test_int8_implicit_from_cache(double, fp32_onnx: Path, tmp_path: Path, card)
 
 def test_int8_implicit_calibrated_on_the_device(double, fp32_onnx, tmp_path, card) -> None:
     cache = tmp_path / "device.cache"
-    data = [_images(4, seed=s) for s in range(3)] + [_images(2, seed=9)]  # the short last batch is skipped
+    data = [_images(4, seed=s) for s in range(3)] + [_images(2, seed=9)]  # the short last batch is completed
     if double.version == "11.4.0":
         with pytest.raises(InputError, match="removed in TensorRT 11"):
             _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache,
@@ -217,12 +217,14 @@ def test_int8_implicit_calibrated_on_the_device(double, fp32_onnx, tmp_path, car
         return
     out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit",
                           calibration_cache=cache, calibration_data=iter(data))
-    amax = max(float(np.abs(b).max()) for b in data[:3])
+    amax = max(float(np.abs(b).max()) for b in data)
     assert _engine_header(out)["int8_scales"] == pytest.approx({"input": amax / 127})  # computed from device memory
-    assert sidecar.int8["calibrated_on_device"] and sidecar.int8["calibration_batches"] == 3
+    assert sidecar.int8["calibrated_on_device"] and sidecar.int8["calibration_batches"] == 4
+    assert sidecar.int8["calibration_batch_size"] == 4
     header = f"TRT-{version_int(double.trt.__version__)}-EntropyCalibration2"
     assert cache.read_text().splitlines()[0] == header == sidecar.int8["cache_header"]
     assert not double.gpu.memory and not double.gpu.stack(), "calibration memory and context released"
+    assert len(double.gpu.contexts_used) == 1 and double.gpu.contexts_used[0].primary, "one context for everything"
     again, _ = _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache)
     assert _engine_header(again)["int8_scales"] == pytest.approx({"input": amax / 127}), "the saved cache is reused"
 
@@ -236,7 +238,7 @@ def test_int8_implicit_minmax_cache_picks_minmax_calibrator(version, monkeypatch
 
 
 def test_int8_implicit_cache_for_another_version_is_refused(double, fp32_onnx, tmp_path, card) -> None:
-    other = "10.3" if double.version == "8.6.1" else "8.6.1"
+    other = "10.3" if double.version.startswith("8.") else "8.6.1"
     cache = _cache(tmp_path, fp32_onnx, other)
     with pytest.raises(InputError, match="(silently ignore|removed in TensorRT 11)"):
         _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit", calibration_cache=cache)
@@ -269,6 +271,14 @@ def test_parse_errors_name_each_node_and_op(double, tmp_path, card) -> None:
 
 def test_options_reach_the_builder(double, fp32_onnx, tmp_path, card) -> None:
     cache_file = tmp_path / "timing.cache"
+    if double.version.startswith("8.5"):  # no optimization level and no version compatibility before 8.6
+        with pytest.raises(InputError, match="--opt-level needs TensorRT 8.6"):
+            _build(fp32_onnx, tmp_path, card, Precision.FP32, opt_level=5)
+        with pytest.raises(InputError, match="--version-compatible needs TensorRT 8.6"):
+            _build(fp32_onnx, tmp_path, card, Precision.FP32, version_compatible=True)
+        out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32, workspace_mb=256)
+        assert _engine_header(out)["workspace"] == 256 << 20
+        return
     out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32, workspace_mb=256, opt_level=5,
                           timing_cache=cache_file, version_compatible=True)
     header = _engine_header(out)
@@ -282,17 +292,11 @@ def test_options_reach_the_builder(double, fp32_onnx, tmp_path, card) -> None:
         _build(fp32_onnx, tmp_path, card, Precision.FP32, opt_level=9)
 
 
-def test_dla_core(monkeypatch, fp32_onnx, tmp_path, card) -> None:
+def test_dla_core_must_exist(monkeypatch, fp32_onnx, tmp_path, card) -> None:
     for version in VERSIONS:
-        double = install(monkeypatch, version, dla_cores=2)
-        out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP16, dla_core=1)
-        header = _engine_header(out)
-        assert header["dla_core"] == 1 and "GPU_FALLBACK" in header["builder_flags"], version
-        assert sidecar.fingerprint["dla_core"] == 1
         install(monkeypatch, version, dla_cores=0)
         with pytest.raises(InputError, match="0 DLA core"):
             _build(fp32_onnx, tmp_path, card, Precision.FP16, dla_core=0)
-        del double
 
 
 def test_runner_from_another_thread(double, fp32_onnx, tmp_path, card) -> None:
@@ -336,7 +340,7 @@ def test_fingerprint_mismatch_is_explained_before_deserializing(double, fp32_onn
             trt_backend.TensorRTRunner(out)
     finally:
         double_monkeypatch.undo()
-    other = {"8.6.1": "10.13.3", "10.13.3": "11.4.0", "11.4.0": "8.6.1"}[double.version]
+    other = {"8": "10.13.3", "10": "11.4.0", "11": "8.6.1"}[double.version.split(".")[0]]
     mp = pytest.MonkeyPatch()
     try:
         install(mp, other)
@@ -389,28 +393,6 @@ def test_without_gpu_or_tensorrt_nothing_is_created(monkeypatch, fp32_onnx, tmp_
     assert ok and "TensorRT 11.4.0.106" in why
 
 
-def test_cuda_graph_captures_once_per_batch_size_and_replays(double, fp32_onnx, tmp_path, card) -> None:
-    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
-    with trt_backend.TensorRTRunner(out, cuda_graph=True) as runner:
-        outputs = [runner.infer(_images(4, seed=s)) for s in (1, 2, 3)]  # warm-up + capture, then 2 replays
-        replay_times = runner.last_stage_times
-        partial = runner.infer(_images(3, seed=4))  # another size: its own warm-up + capture
-    for s, got in zip((1, 2, 3), outputs):  # a replay reads the pinned input anew: fresh data, fresh logits
-        np.testing.assert_allclose(got, _reference(fp32_onnx, _images(4, seed=s)), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(partial, _reference(fp32_onnx, _images(3, seed=4)), rtol=1e-4, atol=1e-5)
-    kinds = [entry[0] for entry in double.gpu.log]
-    assert kinds.count("graph_launch") == 2 and kinds.count("execute") == 4  # 4-batch: 1 + 2 replays; 3-batch: 1
-    assert replay_times.compute_ms >= 0 and replay_times.h2d_ms is None and replay_times.d2h_ms is None
-
-
-def test_cuda_graph_needs_pycuda_stream_capture(double, fp32_onnx, tmp_path, card, monkeypatch) -> None:
-    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
-    monkeypatch.delattr(double.cuda.Stream, "begin_capture")  # a pycuda older than 2022.2
-    with pytest.raises(BackendUnavailable, match="--cuda-graph needs pycuda 2022.2"):
-        trt_backend.TensorRTRunner(out, cuda_graph=True)
-    assert all(not c.alive for c in double.gpu.contexts) and not double.gpu.stack(), "context released on failure"
-
-
 @pytest.mark.parametrize("int8_mode", ["explicit", "implicit"])
 def test_dispatcher_build_and_open_int8(double, fp32_onnx, tmp_path, card, int8_mode) -> None:
     """`edgeres build --backend tensorrt --precision int8` and `edgeres infer` go through these two calls."""
@@ -446,3 +428,233 @@ def test_dispatcher_build_and_open_int8(double, fp32_onnx, tmp_path, card, int8_
         assert header["calibrator"] == "MINMAX_CALIBRATION" and header["int8_scales"]
     else:
         assert header["int8_scales"] is None and sidecar.options["layer_precisions"].get("Int8")
+
+
+# ---------------------------------------------------------------- rules of the real libraries (issue 10)
+
+
+PRE_11 = [v for v in VERSIONS if not v.startswith("11.")]  # implicit calibration exists up to 10.x
+
+
+@pytest.mark.parametrize("version", PRE_11)
+def test_device_calibration_batches_below_the_profile_opt_are_read_at_their_own_size(version, monkeypatch, fp32_onnx,
+                                                                                      tmp_path, card) -> None:
+    """TensorRT calibrates at the calibration profile's opt (profile 0's opt = 4 here when none is pinned): a
+    calibrator holding batches of 3 must pin a calibration profile of 3, and complete its short last batch."""
+    double = install(monkeypatch, version)
+    data = [_images(3, seed=s) for s in range(2)] + [_images(1, seed=7)]
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.INT8, int8_mode="implicit",
+                          calibration_cache=tmp_path / "c.cache", calibration_data=data)
+    assert sidecar.int8["calibration_batch_size"] == 3 and sidecar.int8["calibration_batches"] == 3
+    amax = max(float(np.abs(b).max()) for b in data)
+    assert _engine_header(out)["int8_scales"] == pytest.approx({"input": amax / 127})
+    assert not any("Calibration Profile is not defined" in m for _, m in double.messages)
+
+
+@pytest.mark.parametrize("version", PRE_11)
+def test_double_refuses_calibration_below_the_profile_opt(version, monkeypatch, fp32_onnx) -> None:
+    """What a calibrator without a calibration profile does on a GPU: TensorRT reads opt (4) rows from a
+    buffer of 2, past its end."""
+    double = install(monkeypatch, version)
+    trt, cuda = double.trt, double.cuda
+    cuda.init()
+    ctx = cuda.Device(0).retain_primary_context()
+    ctx.push()
+    try:
+        logger = trt.Logger()
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+                                         if version.startswith("8.") else 0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse(fp32_onnx.read_bytes())
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        profile.set_shape("input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))
+        config.add_optimization_profile(profile)
+        config.set_flag(trt.BuilderFlag.INT8)
+        buffer = cuda.mem_alloc(2 * 3 * 16 * 16 * 4)
+        served = []
+
+        class Calibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self) -> None:
+                trt.IInt8EntropyCalibrator2.__init__(self)
+
+            def get_batch_size(self) -> int:
+                return 2  # ignored by TensorRT
+
+            def get_batch(self, names: list) -> list | None:
+                served.append(1)
+                return [int(buffer)] if len(served) == 1 else None
+
+            def read_calibration_cache(self) -> None:
+                return None
+
+            def write_calibration_cache(self, cache) -> None:
+                return None
+
+        calibrator = Calibrator()
+        config.int8_calibrator = calibrator
+        assert builder.build_serialized_network(network, config) is None
+        assert any("Calibration Profile is not defined" in m for _, m in double.messages)
+        assert any("calibration read (4, 3, 16, 16)" in m and "illegal memory access" in m for _, m in double.messages)
+        buffer.free()
+    finally:
+        cuda.Context.pop()
+        ctx.detach()
+
+
+def test_one_primary_context_for_build_and_run(double, fp32_onnx, tmp_path, card) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    _run_batches(out, double)
+    used = double.gpu.contexts_used  # the primary context dies with its last release and is made anew on retain
+    assert used and all(c.primary for c in used), "builder, runtime and buffers share the device's primary context"
+    assert not any(c.alive for c in double.gpu.contexts) and not double.gpu.memory
+
+
+def test_runner_closed_from_another_thread_releases_its_context(double, fp32_onnx, tmp_path, card) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    runner = trt_backend.TensorRTRunner(out)
+    runner.infer(_images(2))
+    errors: list = []
+
+    def close() -> None:
+        try:
+            runner.close()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=close)
+    t.start()
+    t.join()
+    assert not errors, errors  # pycuda leaks a context detached off-thread while not current; the double refuses
+    assert not double.gpu.memory and not any(c.alive for c in double.gpu.contexts)
+
+
+def test_runner_failing_to_open_frees_everything_inside_its_context(double, fp32_onnx, tmp_path, card,
+                                                                    monkeypatch) -> None:
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+
+    def no_stream(*args, **kwargs):
+        raise double.cuda.MemoryError("cuStreamCreate failed: out of memory")
+
+    monkeypatch.setattr(double.cuda, "Stream", no_stream)  # after the engine and buffers exist
+    with pytest.raises(double.cuda.MemoryError):
+        trt_backend.TensorRTRunner(out)
+    assert not double.gpu.memory and not any(c.alive for c in double.gpu.contexts) and not double.gpu.stack()
+
+
+def test_the_pycuda_double_refuses_what_pycuda_refuses(double) -> None:
+    cuda = double.cuda
+    cuda.init()
+    ctx = cuda.Device(0).retain_primary_context()
+    ctx.push()
+    stream = cuda.Stream()
+    host = cuda.pagelocked_empty((4,), np.float32)
+    dev = cuda.mem_alloc(16)
+    cuda.Context.pop()
+    with pytest.raises(cuda.LogicError, match="explicit_context_dependent"):
+        cuda.memcpy_htod_async(dev, host, stream)  # stream work with no context current
+    with pytest.raises(cuda.LogicError, match="explicit_context_dependent"):
+        cuda.Event().record(stream)
+    errors: list = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(cuda.LogicError, ctx.detach)))
+    t.start()
+    t.join()
+    assert errors and "leaks it" in str(errors[0].value)  # a non-current context detached on another thread
+    assert not hasattr(stream, "begin_capture") and not hasattr(cuda, "Graph"), "pycuda has no graph API"
+    ctx.push()
+    dev.free()
+    ctx.detach()  # current: released and popped
+    assert not double.gpu.stack() and not ctx.alive
+
+
+def test_cuda_graphs_are_not_offered(double, fp32_onnx, tmp_path, card) -> None:
+    from edgeres import backends
+
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    with pytest.raises(InputError, match="unknown runner option.*cuda_graph"):
+        backends.open(out, cuda_graph=True)
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if not v.startswith("8.5")])  # 8.6+ (tested above)
+def test_version_compatible_engines_load_with_host_code_allowed(version, monkeypatch, fp32_onnx, tmp_path,
+                                                                card) -> None:
+    double = install(monkeypatch, version)
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32, version_compatible=True)
+    assert sidecar.options["layer_precisions"], "the builder's own inspection must load the engine too"
+    runtime = double.trt.Runtime(double.trt.Logger())
+    assert runtime.deserialize_cuda_engine(out.read_bytes()) is None, "the double refuses without host code"
+    with trt_backend.TensorRTRunner(out) as runner:
+        np.testing.assert_allclose(runner.infer(_images(2)), _reference(fp32_onnx, _images(2)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("built", "runtime", "compatible", "ok"), [
+    ("10.13.3", "10.13.3", False, True), ("10.13.3", "10.16.1", False, False), ("10.3.0", "10.13.3", True, True),
+    ("10.13.3", "10.3.0", True, False), ("8.6.1", "10.13.3", True, True), ("8.5.2", "8.6.1", True, False),
+    ("10.13.3", "11.4.0", True, True), ("8.6.1", "11.4.0", True, False), ("11.4.0", "10.13.3", True, False),
+])
+def test_version_compatibility_follows_nvidia_rules(built, runtime, compatible, ok) -> None:
+    from trt_double._trt import runtime_accepts
+
+    assert trt_backend.runtime_can_load(built, runtime, version_compatible=compatible) is ok
+    assert runtime_accepts(built, runtime, compatible) is ok, "the double follows the same table"
+
+
+def test_an_older_runtime_refuses_a_version_compatible_engine(monkeypatch, fp32_onnx, tmp_path, card) -> None:
+    install(monkeypatch, "10.13.3")
+    out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32, version_compatible=True)
+    from edgeres import backends
+
+    install(monkeypatch, "10.3.0" if (Path(__file__).parent / "trt_api" / "10.3.0.json").is_file() else "8.6.1")
+    with pytest.raises(BackendError, match="same or a later TensorRT"):
+        backends.open(out)
+
+
+def test_dla_needs_a_static_batch_and_its_core_is_set_at_load(monkeypatch, fp32_onnx, tmp_path, card) -> None:
+    for version in VERSIONS:
+        double = install(monkeypatch, version, dla_cores=2)
+        with pytest.raises(InputError, match="static batch.*--batch 4"):
+            _build(fp32_onnx, tmp_path, card, Precision.FP16, dla_core=1)  # 1:4:8 would all run on the GPU
+        out = tmp_path / f"dla.{version}.engine"
+        sidecar = trt_backend.build_engine(fp32_onnx, out=out, precision=Precision.FP16, card=card,
+                                           source_onnx_sha256=sha256_file(fp32_onnx), profile=BatchProfile(4, 4, 4),
+                                           progress=False, dla_core=1)
+        header = _engine_header(out)
+        layers = sidecar.options["dla_layers"]
+        assert header["dla_layers"] == layers["dla"] > 0 and layers["gpu"] > 0, version  # Gemm etc. fall back
+        assert layers["dla"] + layers["gpu"] == len(header["layers"])
+        with trt_backend.TensorRTRunner(out) as runner:
+            runner.infer(_images(4))
+        assert ("dla_execute", 1) in double.gpu.log, f"{version}: the engine ran on the core it was built for"
+
+
+def test_u8_qdq_is_refused_before_tensorrt_parses_it(double, fp32_onnx, tmp_path, card) -> None:
+    from edgeres.quantize import quantize_model, tensors_to_observe
+
+    model = onnx.load(str(fp32_onnx))
+    u8 = quantize_model(model, {name: 4.0 for name in tensors_to_observe(model)}, activations="u8")
+    path = tmp_path / "tiny.u8.onnx"
+    onnx.save(u8, str(path))
+    with pytest.raises(ModelError, match="--activations u8.*TensorRT's parser rejects"):
+        _build(path, tmp_path, card, Precision.INT8)
+    parser = double.trt.OnnxParser(double.trt.Builder(double.trt.Logger()).create_network(
+        1 << int(double.trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if double.version.startswith("8.") else 0),
+        double.trt.Logger())
+    assert not parser.parse(path.read_bytes()), "the double's parser rejects it like onnx-tensorrt does"
+    assert "symmetric" in parser.get_error(0).desc() or "UINT8" in parser.get_error(0).desc()
+
+
+def test_tf32_is_recorded_and_strict_fp32_clears_it(double, fp32_onnx, tmp_path, card) -> None:
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    assert sidecar.options["tf32"] is True and "TF32" in _engine_header(out)["builder_flags"]
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32, tf32=False)
+    assert sidecar.options["tf32"] is False and "TF32" not in _engine_header(out)["builder_flags"]
+
+
+def test_unreadable_timing_cache_starts_a_new_one(double, fp32_onnx, tmp_path, card) -> None:
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(b"\x00garbage")
+    _build(fp32_onnx, tmp_path, card, Precision.FP32, timing_cache=cache)
+    assert cache.read_bytes().startswith(b"FAKETC1:"), "replaced by a cache TensorRT can read"
+
+

@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 _ORT_OPTIONS = {"threads", "spinning", "providers"}
-_TRT_OPTIONS = {"cuda_graph"}
 # calibration method -> the TensorRT calibrator whose cache header an implicit build must carry
 _TRT_ALGORITHM = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 
@@ -205,7 +204,7 @@ def open(artifact: str | Path, **opts: Any) -> Runner:  # noqa: A001 - the backe
 
     Args:
         artifact: the artifact file (engine or ``.onnx``) with its sidecar, or a plain ONNX carrying the card.
-        **opts: runner options: ``threads``, ``spinning``, ``providers`` (ONNX Runtime); ``cuda_graph`` (TensorRT).
+        **opts: runner options: ``threads``, ``spinning``, ``providers`` (ONNX Runtime).
 
     Returns:
         A runner (a context manager).
@@ -215,7 +214,7 @@ def open(artifact: str | Path, **opts: Any) -> Runner:  # noqa: A001 - the backe
             backend/version cannot run it; the message says what to rebuild.
     """
     path = Path(artifact)
-    unknown = set(opts) - _ORT_OPTIONS - _TRT_OPTIONS
+    unknown = set(opts) - _ORT_OPTIONS  # TensorRT runners take no options
     if unknown:
         raise InputError(f"unknown runner option(s) {', '.join(sorted(unknown))} for {path}")
     if not path.is_file():
@@ -241,11 +240,11 @@ def open(artifact: str | Path, **opts: Any) -> Runner:  # noqa: A001 - the backe
         return OnnxRuntimeRunner(path, card=sidecar.card, precision=sidecar.precision,
                                  profile=BatchProfile(**sidecar.profile), **ort_opts)
     if sidecar.backend == BackendName.TENSORRT.value:
-        return _open_tensorrt(path, sidecar, rebuild, cuda_graph=bool(opts.get("cuda_graph", False)))
+        return _open_tensorrt(path, sidecar, rebuild)
     raise BackendError(f"{path} was built for unknown backend {sidecar.backend!r}; rebuild it with {rebuild}")
 
 
-def _open_tensorrt(path: Path, sidecar: Sidecar, rebuild: str, *, cuda_graph: bool) -> Runner:
+def _open_tensorrt(path: Path, sidecar: Sidecar, rebuild: str) -> Runner:
     ok, why = _tensorrt_status()
     if not ok:
         raise BackendUnavailable(
@@ -256,7 +255,10 @@ def _open_tensorrt(path: Path, sidecar: Sidecar, rebuild: str, *, cuda_graph: bo
     trt = _tensorrt()
     installed = trt.trt_version()
     portable = bool(sidecar.options.get("version_compatible") or sidecar.fingerprint.get("version_compatible"))
-    if sidecar.backend_version and installed != sidecar.backend_version and not portable:
-        raise BackendError(f"{path} was built by TensorRT {sidecar.backend_version} but {installed} is installed; "
-                           f"engines are bound to their TensorRT version: rebuild it here with {rebuild}")
-    return trt.TensorRTRunner(path, cuda_graph=cuda_graph)
+    if sidecar.backend_version and not trt.runtime_can_load(sidecar.backend_version, installed,
+                                                            version_compatible=portable):
+        why = ("a version-compatible engine runs only on the same or a later TensorRT" if portable
+               else "engines are bound to their TensorRT version")
+        raise BackendError(f"{path} was built by TensorRT {sidecar.backend_version} but {installed} is installed "
+                           f"({why}): rebuild it here with {rebuild}")
+    return trt.TensorRTRunner(path)

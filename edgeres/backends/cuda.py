@@ -1,8 +1,9 @@
 """The CUDA side of the TensorRT backend, through pycuda: the one module of edgeres that imports ``pycuda``.
 
-``pycuda`` is imported lazily (on first use), never ``pycuda.autoinit``: a :class:`CudaContext` is created
-explicitly, popped off the opening thread right away and pushed/popped around every piece of work, so a runner
-opened on one thread can be used from another (the "explicit_context_dependent failed" trap of autoinit).
+``pycuda`` is imported lazily (on first use), never ``pycuda.autoinit``: a :class:`CudaContext` retains the
+device's primary context (the one TensorRT itself falls back to) and pushes/pops it around every piece of work,
+so a runner opened on one thread can be used from another (the "explicit_context_dependent failed" trap of
+autoinit), and builder, calibration and runner share one context.
 Device memory for the hot path lives in :class:`Buffer` pairs (page-locked host array + device allocation)
 sized once for the largest batch; stage timing uses CUDA events on the one stream.
 """
@@ -87,13 +88,20 @@ def device_info(ordinal: int = 0) -> DeviceInfo:
 
 
 class CudaContext:
-    """A CUDA context owned explicitly: made on open, pushed around work (from any thread), detached on close."""
+    """The device's primary CUDA context, owned explicitly: retained on open, pushed around work (from any thread),
+    released on close.
+
+    One context for all TensorRT work: TensorRT's builder and runtime use the CUDA runtime, which falls back to
+    the device's *primary* context; a second context made with ``make_context`` beside it would hold its own copy
+    of the CUDA/cuDNN state, memory a Jetson does not have. So every edgeres object (builder, calibration buffers,
+    runtime, runner) works in the retained primary context.
+    """
 
     def __init__(self, ordinal: int = 0) -> None:
         self._cuda = driver()
         self._lock = threading.RLock()
-        self._ctx = self._cuda.Device(ordinal).make_context()
-        self._cuda.Context.pop()  # leave no context bound to the opening thread
+        # cuDevicePrimaryCtxRetain: pycuda returns it *not* pushed, so no thread is left holding it
+        self._ctx = self._cuda.Device(ordinal).retain_primary_context()
         self._closed = False
 
     @property
@@ -112,13 +120,29 @@ class CudaContext:
             finally:
                 self._cuda.Context.pop()
 
-    def close(self) -> None:
-        """Release the context (idempotent); free its resources inside :meth:`active` first."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._ctx.detach()
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[ModuleType]:
+        """Push the context for a last block, then release it while it is current.
 
+        pycuda's ``Context.detach`` leaks a context that is not current when called from a thread other than the
+        one that created it (``context::detach`` in pycuda's ``src/cpp/cuda.hpp``), so release happens here, with
+        the context pushed, whichever thread closes. Idempotent: a closed context yields nothing to free.
+        """
+        with self._lock:
+            if self._closed:
+                yield self._cuda
+                return
+            self._ctx.push()
+            try:
+                yield self._cuda
+            finally:
+                self._closed = True
+                self._ctx.detach()  # current: released and popped
+
+    def close(self) -> None:
+        """Release the context (idempotent); free what lives in it inside :meth:`closing` instead when there is any."""
+        with self.closing():
+            pass
 
 class Buffer:
     """A page-locked host array and a device allocation of the same size (call inside ``CudaContext.active``)."""

@@ -15,6 +15,7 @@ re-exported here as ``TensorRTRunner``.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -92,6 +93,7 @@ class Features:
     implicit_int8: bool  # 8.5-10.x: calibrators and IBuilderConfig.int8_calibrator
     progress_monitor: bool  # 10.x+: IProgressMonitor
     named_parser_errors: bool  # 10.x+: ParserError.node_name / node_operator
+    optimization_level: bool  # 8.6+: IBuilderConfig.builder_optimization_level (absent in 8.5, JetPack 5.1)
 
     @property
     def era(self) -> str:
@@ -113,6 +115,7 @@ class Features:
             implicit_int8=hasattr(trt, "IInt8EntropyCalibrator2") and hasattr(trt.IBuilderConfig, "int8_calibrator"),
             progress_monitor=hasattr(trt, "IProgressMonitor") and hasattr(trt.IBuilderConfig, "progress_monitor"),
             named_parser_errors=hasattr(trt.ParserError, "node_name"),
+            optimization_level=hasattr(trt.IBuilderConfig, "builder_optimization_level"),
         )
 
 
@@ -162,14 +165,34 @@ def machine_fingerprint(trt: ModuleType) -> dict[str, Any]:
             "cuda": info.cuda_version, "driver": info.driver_version, "l4t": l4t_release()}
 
 
+def runtime_can_load(built: str, runtime: str, *, version_compatible: bool) -> bool:
+    """Whether TensorRT ``runtime`` can deserialize an engine that TensorRT ``built`` made.
+
+    NVIDIA's rules (developer guide, "Version Compatibility"; TensorRT 11.4 support matrix): an ordinary engine
+    runs only on the version that built it; a version-compatible one (built by 8.6 or later) on the same or a
+    *later* runtime of its major, and across majors only 8.6+ -> 10.x and 10.x -> 11.x. Never on an older runtime.
+    """
+    b, r = _version_tuple(built), _version_tuple(runtime)
+    if b == r:
+        return True
+    if not version_compatible or r < b or b < (8, 6):
+        return False
+    return b[0] == r[0] or (b[0], r[0]) in {(8, 10), (10, 11)}
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in _numeric_version(version).split(".")[:3])
+
+
 def check_fingerprint(recorded: dict[str, Any], here: dict[str, Any], *, artifact: Path) -> None:
     """Explain why an engine cannot run here, before TensorRT's bare version-tag assertion would."""
     rebuild = f"rebuild it on this machine with `edgeres build MODEL.onnx --backend tensorrt` ({artifact})"
     built, now = recorded.get("tensorrt"), here["tensorrt"]
-    if built and built != now:
-        same_major = str(built).split(".")[0] == str(now).split(".")[0]
-        if not (recorded.get("version_compatible") and same_major):
-            raise BackendError(f"engine {artifact.name} was built by TensorRT {built} but {now} is installed; {rebuild}")
+    if built and not runtime_can_load(str(built), str(now), version_compatible=bool(recorded.get("version_compatible"))):
+        why = ("a version-compatible engine runs only on the same or a later TensorRT (same major, or 8.6+ -> 10, "
+               "10 -> 11)" if recorded.get("version_compatible") else "engines are bound to their TensorRT version")
+        raise BackendError(f"engine {artifact.name} was built by TensorRT {built} but {now} is installed ({why}); "
+                           f"{rebuild}")
     if recorded.get("compute_capability") and recorded["compute_capability"] != here["compute_capability"]:
         raise BackendError(f"engine {artifact.name} was built for a GPU of compute capability "
                            f"{recorded['compute_capability']} ({recorded.get('gpu')}) but this GPU is "
@@ -188,7 +211,7 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
                  profile: BatchProfile = BatchProfile(), int8_mode: str = "explicit",
                  calibration_cache: Path | None = None, workspace_mb: int | None = None,
                  timing_cache: Path | None = None, opt_level: int | None = None, dla_core: int | None = None,
-                 version_compatible: bool = False, progress: bool = True,
+                 version_compatible: bool = False, tf32: bool = True, progress: bool = True,
                  calibration_data: Iterable[np.ndarray] | None = None) -> Sidecar:
     """Build a TensorRT engine from ONNX and write it with its sidecar, atomically.
 
@@ -206,10 +229,14 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
         timing_cache: a timing cache file, read when present and written back after the build.
         opt_level: builder optimization level (0-5; TensorRT's default 3).
         dla_core: build for this DLA core (Jetson AGX Orin: 0 or 1), GPU fallback for unsupported layers.
-        version_compatible: build an engine later TensorRT versions of the same major can run.
+        version_compatible: build an engine later TensorRT versions can run (see :func:`runtime_can_load`).
+        tf32: let FP32 layers use TF32 tensor cores (Ampere and newer; TensorRT's default); False clears
+            ``BuilderFlag.TF32`` for strict FP32.
         progress: show build progress on stderr.
         calibration_data: implicit mode only: calibrate on the device instead of reading a cache, from these
-            preprocessed float32 batches (N, *input shape), all of one size within the profile; fed through pycuda.
+            preprocessed float32 batches (N, *input shape). They are re-cut into batches of the first one's size,
+            the calibration profile is pinned to that size (TensorRT calibrates at its opt shape), and a short last
+            batch is completed with images from its start; fed through pycuda.
 
     Returns:
         The sidecar written beside the engine.
@@ -233,23 +260,22 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
     feat = Features.detect(trt)
     fingerprint = machine_fingerprint(trt)
     on_device = calibration_data is not None and precision is Precision.INT8 and int8_mode == "implicit"
-    ctx = cu.CudaContext(0) if on_device else None  # calibration batches live in device memory during the build
-    try:
+    # One context for every TensorRT object of the build and the calibration buffers: the device's primary
+    # context, which TensorRT would fall back to anyway; everything made in it dies inside closing().
+    ctx = cu.CudaContext(0)
+    with ctx.closing():
         return _build(trt, feat, fingerprint, onnx_path, out=out, precision=precision, card=card,
                       source_onnx_sha256=source_onnx_sha256, profile=profile, int8_mode=int8_mode,
                       calibration_cache=calibration_cache, workspace_mb=workspace_mb, timing_cache=timing_cache,
-                      opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
+                      opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible, tf32=tf32,
                       progress=progress, calibration_data=calibration_data if on_device else None, ctx=ctx)
-    finally:
-        if ctx is not None:
-            ctx.close()
 
 
 def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_path: Path, *, out: Path,
            precision: Precision, card: ModelCard, source_onnx_sha256: str, profile: BatchProfile, int8_mode: str,
            calibration_cache: Path | None, workspace_mb: int | None, timing_cache: Path | None,
-           opt_level: int | None, dla_core: int | None, version_compatible: bool, progress: bool,
-           calibration_data: Iterable[np.ndarray] | None, ctx: cu.CudaContext | None) -> Sidecar:
+           opt_level: int | None, dla_core: int | None, version_compatible: bool, tf32: bool, progress: bool,
+           calibration_data: Iterable[np.ndarray] | None, ctx: cu.CudaContext) -> Sidecar:
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
         src = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp))
         logger = _Logger(trt)
@@ -259,33 +285,32 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
         flags = _configure(trt, builder, network, config, feat, precision=precision, int8_mode=int8_mode,
                            calibration_cache=calibration_cache, profile=profile, workspace_mb=workspace_mb,
                            opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
-                           integrated=_is_integrated(), calibration_data=calibration_data, ctx=ctx)
+                           tf32=tf32, integrated=_is_integrated(), calibration_data=calibration_data, ctx=ctx)
         cache = _load_timing_cache(config, timing_cache)
-        if ctx is not None:  # calibrating on the device: its buffers belong to our context
-            with ctx.active():
-                try:
-                    serialized = _run_build(trt, builder, network, config, feat, logger, progress=progress,
-                                            name=out.name)
-                finally:
-                    flags["calibrator"].free()
-            flags["calibrator"].save(calibration_cache)
-        else:
+        device_calibration = flags["device_calibration"]
+        try:
             serialized = _run_build(trt, builder, network, config, feat, logger, progress=progress, name=out.name)
+        finally:
+            if device_calibration is not None:
+                device_calibration.free()
+        if device_calibration is not None:
+            device_calibration.save(calibration_cache)
         with atomic_path(out) as tmp_engine:
             tmp_engine.write_bytes(bytes(serialized))
         if cache is not None and timing_cache is not None:
             write_bytes_atomic(timing_cache, bytes(cache.serialize()))
-        layers = _layer_summary(trt, serialized, logger)
+        layers = _layer_summary(trt, serialized, logger, version_compatible=version_compatible)
         built_from = sha256_file(src)
     fingerprint.update(flags=flags["builder"], network_flags=flags["network"], profile=_profile_dict(profile),
-                       version_compatible=version_compatible, dla_core=dla_core,
+                       version_compatible=version_compatible, dla_core=dla_core, tf32=flags["tf32"],
                        sources={"onnx_sha256": source_onnx_sha256, "network_onnx_sha256": built_from})
     int8: dict[str, Any] = {}
     if precision is Precision.INT8:
         int8 = {"mode": int8_mode, "strongly_typed": flags["strongly_typed"]}
         calibrator = flags["calibrator"]
-        if calibrator is not None and calibration_data is not None:
-            int8.update(calibrated_on_device=True, calibration_batches=calibrator.batches, cache_header=calibrator.header)
+        if device_calibration is not None:
+            int8.update(calibrated_on_device=True, calibration_batches=calibrator.batches,
+                        calibration_batch_size=device_calibration.batch_size, cache_header=calibrator.header)
         if calibration_cache is not None and int8_mode == "implicit" and Path(calibration_cache).is_file():
             int8.update(cache=Path(calibration_cache).name, cache_sha256=sha256_file(calibration_cache),
                         cache_header=calibrator.header if calibrator else None)
@@ -295,6 +320,7 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
         profile=_profile_dict(profile), int8=int8, fingerprint=fingerprint,
         options={"workspace_mb": workspace_mb, "timing_cache": str(timing_cache) if timing_cache else None,
                  "opt_level": opt_level, "dla_core": dla_core, "version_compatible": version_compatible,
+                 "tf32": flags["tf32"], "dla_layers": flags["dla_layers"],
                  "int8_mode": int8_mode if precision is Precision.INT8 else None, "layer_precisions": layers},
     )
     write_sidecar(out, sidecar)
@@ -313,19 +339,45 @@ def _is_integrated() -> bool:
         return False
 
 
-def _onnx_ops(path: Path) -> set[str]:
+def _load_onnx(path: Path) -> Any:
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelError(f"{path} is not a readable ONNX file ({exc})") from exc
-    return {node.op_type for node in model.graph.node}
+
+
+def _onnx_ops(path: Path) -> set[str]:
+    return {node.op_type for node in _load_onnx(path).graph.node}
+
+
+def _check_symmetric_int8(model: Any, path: Path) -> None:
+    """TensorRT's ONNX parser takes only INT8 Q/DQ with zero point 0 (onnx-tensorrt, QuantDequantLinearHelper:
+    "TensorRT only supports symmetric quantization"); refuse the u8 ONNX Runtime form before TensorRT does."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zp = inits.get(node.input[2])
+        if zp is None:
+            continue
+        if zp.data_type == TensorProto.UINT8 or np.any(numpy_helper.to_array(zp) != 0):
+            raise ModelError(f"{path} holds asymmetric or UINT8 Q/DQ ({node.op_type} {node.name!r}, zero point "
+                             f"{zp.name!r}): that is the ONNX Runtime form (`edgeres quantize --activations u8`), "
+                             f"which TensorRT's parser rejects; build from the FP32 ONNX (edgeres makes the "
+                             f"signed Q/DQ itself) or quantize with --activations s8")
 
 
 def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat: Features, tmp: Path) -> Path:
     """The ONNX TensorRT parses: the given one, or (fp16 on 11.x) an FP16-typed copy."""
-    has_qdq = "QuantizeLinear" in _onnx_ops(onnx_path)
+    model = _load_onnx(onnx_path)
+    has_qdq = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    if has_qdq:
+        _check_symmetric_int8(model, onnx_path)
+    del model
     if precision is Precision.INT8 and int8_mode == "explicit" and not has_qdq:
         raise ModelError(f"{onnx_path} has no QuantizeLinear/DequantizeLinear nodes, so it cannot make an explicit "
                          f"INT8 engine; quantize it first (`edgeres quantize`) or use --int8-mode implicit")
@@ -390,10 +442,10 @@ def _parser_errors(parser: Any, src: Path, feat: Features) -> list[str]:
 def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, feat: Features, *,
                precision: Precision, int8_mode: str, calibration_cache: Path | None, profile: BatchProfile,
                workspace_mb: int | None, opt_level: int | None, dla_core: int | None, version_compatible: bool,
-               integrated: bool, calibration_data: Iterable[np.ndarray] | None = None,
-               ctx: cu.CudaContext | None = None) -> dict[str, Any]:
+               tf32: bool, integrated: bool, calibration_data: Iterable[np.ndarray] | None,
+               ctx: cu.CudaContext) -> dict[str, Any]:
     network = net.network
-    calibrator = None
+    calibrator = device_calibration = None
     strongly = feat.always_strongly_typed or bool(feat.strongly_typed is not None and net.flags
                                                   & (1 << int(feat.strongly_typed)))
     _add_profile(builder, network, config, profile)
@@ -404,8 +456,10 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
             config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ on 8.x needs it too
             config.set_flag(trt.BuilderFlag.FP16)  # layers without INT8 kernels/scales fall back to FP16
             if int8_mode == "implicit":
-                if calibration_data is not None and ctx is not None:
-                    calibrator = _DeviceCalibration(trt, ctx, calibration_data, profile).calibrator
+                if calibration_data is not None:
+                    device_calibration = _DeviceCalibration(trt, ctx, calibration_data)
+                    device_calibration.pin_profile(builder, network, config)
+                    calibrator = device_calibration.calibrator
                     config.int8_calibrator = calibrator
                 else:
                     calibrator = _attach_calibrator(trt, config, calibration_cache)
@@ -416,21 +470,32 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
             raise InputError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if opt_level is not None:
-        if not 0 <= opt_level <= 5:
-            raise InputError(f"--opt-level must be 0..5, got {opt_level}")
-        config.builder_optimization_level = int(opt_level)
-    if dla_core is not None:
-        _use_dla(trt, builder, config, dla_core, precision)
+        _set_opt_level(trt, config, feat, opt_level)
+    dla_layers = _use_dla(trt, builder, network, config, dla_core, precision, profile) if dla_core is not None else None
     if version_compatible:
         if not hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):  # 8.6+
             raise InputError(f"--version-compatible needs TensorRT 8.6 or newer (installed: {trt.__version__})")
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    tf32_flag = getattr(trt.BuilderFlag, "TF32", None)  # on by default: FP32 layers may run as TF32 on Ampere+
+    if tf32_flag is not None and not tf32:
+        config.clear_flag(tf32_flag)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the engine inspector
     builder_flags = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
     network_flags = sorted(name for name, flag in trt.NetworkDefinitionCreationFlag.__members__.items()
                            if net.flags & (1 << int(flag)))
     # the caller keeps the calibrator alive through the build: TensorRT holds only a raw pointer to it
-    return {"builder": builder_flags, "network": network_flags, "strongly_typed": strongly, "calibrator": calibrator}
+    return {"builder": builder_flags, "network": network_flags, "strongly_typed": strongly, "calibrator": calibrator,
+            "device_calibration": device_calibration, "dla_layers": dla_layers,
+            "tf32": bool(tf32_flag is not None and config.get_flag(tf32_flag))}
+
+
+def _set_opt_level(trt: ModuleType, config: Any, feat: Features, opt_level: int) -> None:
+    if not 0 <= opt_level <= 5:
+        raise InputError(f"--opt-level must be 0..5, got {opt_level}")
+    if not feat.optimization_level:  # 8.5.x (JetPack 5.1) has no builder optimization level
+        raise InputError(f"--opt-level needs TensorRT 8.6 or newer (installed: {trt.__version__}, as on JetPack "
+                         f"5.1); drop --opt-level")
+    config.builder_optimization_level = int(opt_level)
 
 
 def _add_profile(builder: Any, network: Any, config: Any, profile: BatchProfile) -> None:
@@ -461,16 +526,27 @@ def _jetson_workspace_mb() -> int | None:
     return None
 
 
-def _use_dla(trt: ModuleType, builder: Any, config: Any, dla_core: int, precision: Precision) -> None:
+def _use_dla(trt: ModuleType, builder: Any, network: Any, config: Any, dla_core: int, precision: Precision,
+             profile: BatchProfile) -> dict[str, int]:
+    """Build for a DLA core with GPU fallback; returns how many layers the DLA takes and how many fall back."""
     cores = int(builder.num_DLA_cores)
     if not 0 <= dla_core < max(cores, 1) or cores == 0:
         raise InputError(f"--dla-core {dla_core}: this device has {cores} DLA core(s) (Jetson AGX Orin has 2, "
                          f"Orin Nano and Thor none); drop --dla-core")
     if precision is Precision.FP32:
         raise InputError("DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
+    if not profile.min == profile.opt == profile.max:
+        # DLA runs static shapes only: with GPU fallback every layer would silently land on the GPU
+        raise InputError(f"--dla-core needs a static batch (DLA runs min = opt = max only), got --batch {profile}; "
+                         f"use --batch N, e.g. --batch {profile.opt}")
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = int(dla_core)
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    on_dla = sum(1 for layer in layers if config.can_run_on_DLA(layer))
+    log.info("DLA core %d takes %d of %d layers; %d fall back to the GPU", dla_core, on_dla, len(layers),
+             len(layers) - on_dla)
+    return {"dla": on_dla, "gpu": len(layers) - on_dla}
 
 
 def _attach_calibrator(trt: ModuleType, config: Any, calibration_cache: Path | None) -> Any:
@@ -511,17 +587,23 @@ def _attach_calibrator(trt: ModuleType, config: Any, calibration_cache: Path | N
 
 
 class _DeviceCalibration:
-    """8.5-10.x implicit INT8 calibrated on the device: batches go through pycuda to TensorRT's calibrator."""
+    """8.5-10.x implicit INT8 calibrated on the device: batches go through pycuda to TensorRT's calibrator.
 
-    def __init__(self, trt: ModuleType, ctx: cu.CudaContext, data: Iterable[np.ndarray], profile: BatchProfile) -> None:
+    TensorRT reads each calibration batch at the *opt* shape of the calibration profile (profile 0 when none is
+    set) and ignores ``get_batch_size`` (NvInfer.h ``IBuilderConfig::setCalibrationProfile``: "MIN and MAX values
+    will be overwritten by kOPT"). So the images are re-cut into batches of one size B, the calibration profile is
+    pinned to min = opt = max = B, and the short last batch is completed with images from its own start (repeating
+    real images rather than padding with zeros, which would skew the histograms).
+    """
+
+    def __init__(self, trt: ModuleType, ctx: cu.CudaContext, data: Iterable[np.ndarray]) -> None:
         batches = iter(data)
         first = next(batches, None)
-        if first is None:
+        if first is None or len(first) == 0:
             raise InputError("calibration on the device got no batches; give at least one calibration batch")
-        first = np.ascontiguousarray(first, dtype=np.float32)
-        size = first.shape[0]
-        if not profile.min <= size <= profile.max:
-            raise InputError(f"calibration batches of {size} are outside the batch profile {profile}")
+        first = np.asarray(first, dtype=np.float32)
+        self.batch_size = int(first.shape[0])
+        self._rows = itertools.chain(first, (row for batch in batches for row in np.asarray(batch, dtype=np.float32)))
         outer = self
 
         class DeviceCalibrator(trt.IInt8EntropyCalibrator2):
@@ -531,22 +613,17 @@ class _DeviceCalibration:
                 self.batches = 0
                 self.cache: bytes | None = None
                 self.buffer: cu.Buffer | None = None
-                self.free = outer.free
-                self.save = outer.save
 
             def get_batch_size(self) -> int:
-                return size
+                return outer.batch_size  # ignored by TensorRT for explicit-batch networks; kept truthful
 
             def get_batch(self, names: list[str]) -> list[int] | None:
-                batch = first if self.batches == 0 else next(batches, None)
-                while batch is not None and np.shape(batch)[0] != size:
-                    log.warning("calibration batch of %d skipped: TensorRT needs all %d", np.shape(batch)[0], size)
-                    batch = next(batches, None)
+                batch = outer._next_batch()
                 if batch is None:
                     return None
-                if self.buffer is None:  # called inside build_engine's ctx.active()
-                    self.buffer = cu.Buffer(ctx.cuda, first.shape, np.float32)
-                self.buffer.host[:] = np.asarray(batch, dtype=np.float32)
+                if self.buffer is None:  # called inside build_engine's context
+                    self.buffer = cu.Buffer(ctx.cuda, batch.shape, np.float32)
+                self.buffer.host[:] = batch
                 ctx.cuda.memcpy_htod(self.buffer.device, self.buffer.host)
                 self.batches += 1
                 return [self.buffer.ptr]
@@ -559,6 +636,25 @@ class _DeviceCalibration:
                 self.header = self.cache.split(b"\n", 1)[0].decode(errors="replace")
 
         self.calibrator = DeviceCalibrator()
+
+    def _next_batch(self) -> np.ndarray | None:
+        rows = [row for _, row in zip(range(self.batch_size), self._rows)]
+        if not rows:
+            return None
+        real = len(rows)
+        while len(rows) < self.batch_size:  # a short last batch: repeat its own images
+            rows.append(rows[(len(rows) - real) % real])
+        return np.stack(rows)
+
+    def pin_profile(self, builder: Any, network: Any, config: Any) -> None:
+        """Calibrate at exactly the calibration batch: a calibration profile with min = opt = max = B."""
+        calib_profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            shape = (self.batch_size, *tuple(tensor.shape)[1:])
+            calib_profile.set_shape(tensor.name, shape, shape, shape)
+        if not config.set_calibration_profile(calib_profile):
+            raise BackendError(f"TensorRT rejected the calibration profile of batch {self.batch_size}")
 
     def free(self) -> None:
         if self.calibrator.buffer is not None:
@@ -575,10 +671,12 @@ def _load_timing_cache(config: Any, path: Path | None) -> Any:
     if path is None:
         return None
     data = Path(path).read_bytes() if Path(path).is_file() else b""
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):
-        log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", path)
+    cache = config.create_timing_cache(data)  # None when TensorRT cannot read the blob ("nullptr on failure")
+    if cache is None or not config.set_timing_cache(cache, False):
+        log.warning("timing cache %s is unreadable or does not match this TensorRT/GPU; starting a new one", path)
         cache = config.create_timing_cache(b"")
+        if cache is None:
+            raise BackendError(f"TensorRT could not create a timing cache for {path}; run without --timing-cache")
         config.set_timing_cache(cache, True)
     return cache
 
@@ -628,12 +726,16 @@ def _progress_monitor(trt: ModuleType, bar: Any) -> Any:
     return Monitor()
 
 
-def _layer_summary(trt: ModuleType, serialized: Any, logger: _Logger) -> dict[str, int]:
+def _layer_summary(trt: ModuleType, serialized: Any, logger: _Logger, *, version_compatible: bool) -> dict[str, int]:
     """Count the engine's layers by output precision (Int8/Half/Float) from the engine inspector."""
     try:
         runtime = trt.Runtime(logger.trt_logger)
+        if version_compatible:  # a version-compatible engine embeds host code and loads only when allowed
+            runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(bytes(serialized))
         if engine is None:
+            log.warning("no layer information: TensorRT cannot load the engine it built (%s)",
+                        logger.last_errors("unknown error"))
             return {}
         info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -642,9 +744,18 @@ def _layer_summary(trt: ModuleType, serialized: Any, logger: _Logger) -> dict[st
     counts: Counter[str] = Counter()
     for layer in info.get("Layers", []):
         if isinstance(layer, dict):
-            outputs = layer.get("Outputs") or [{}]
-            counts[_datatype(str(outputs[0].get("Format/Datatype", "")))] += 1
+            counts[_output_datatype(layer)] += 1
     return dict(sorted(counts.items()))
+
+
+def _output_datatype(layer: dict[str, Any]) -> str:
+    """The data type of a layer's first output. 8.x-10.x: one "Format/Datatype" string; 11.x splits it into
+    "Format" and "DataType" (TensorRT 11 migration guide, IEngineInspector JSON output)."""
+    outputs = layer.get("Outputs") or [{}]
+    first = outputs[0] if isinstance(outputs[0], dict) else {}
+    if "DataType" in first:
+        return _datatype(str(first["DataType"]))
+    return _datatype(str(first.get("Format/Datatype", "")))
 
 
 _DATATYPES = {"int8": "Int8", "fp16": "Half", "half": "Half", "fp32": "Float", "float": "Float", "int32": "Int32",

@@ -2,9 +2,18 @@
 
 What it enforces, like CUDA and pycuda do:
 - ``init()`` before anything else;
-- a context stack per thread: allocating, copying, making streams/events or synchronizing without a context
-  pushed on *this* thread raises ``LogicError('explicit_context_dependent failed: ...')`` (the famous pycuda error
-  when a context made on one thread is used from another); memory belongs to the context that allocated it;
+- a context stack per thread: allocating, copying, queueing stream work, making streams/events or synchronizing
+  without a context pushed on *this* thread raises ``LogicError('explicit_context_dependent failed: ...')`` (the
+  famous pycuda error when a context made on one thread is used from another); memory belongs to the context that
+  allocated it;
+- ``Context.detach`` follows pycuda's ``context::detach`` (src/cpp/cuda.hpp): the current context is detached and
+  popped; a non-current one is pushed and detached on the thread that created it; from any other thread pycuda
+  silently *leaks* it, which the double refuses with ``LogicError`` so the leak fails a test;
+- ``Device.retain_primary_context()`` (cuDevicePrimaryCtxRetain) hands out the device's one primary context,
+  reference counted; TensorRT objects created with no context current use it too (the CUDA runtime falls back to
+  the primary context), so a second, ``make_context`` context beside it shows up in ``FakeGpu.contexts_used``;
+- pycuda has no stream capture or CUDA graph API in any release (2022.2-2026.1, ``src/wrapper/wrap_cudadrv.cpp``),
+  so the double offers none;
 - stream work is deferred: ``memcpy_*_async``, TensorRT's ``execute_async_v3`` and ``Event.record`` are queued on
   the stream and run, in order, at ``Stream.synchronize()``/``Event.synchronize()``: reading a host buffer before
   synchronizing gives stale data, as on a GPU;
@@ -49,6 +58,17 @@ class FakeDevice:
     integrated: bool = True
 
 
+@dataclass(eq=False)
+class _CuContext:
+    """A driver context (CUcontext): what memory and streams belong to. Several pycuda ``Context`` objects may
+    stand for one (each ``retain_primary_context()`` call returns a new wrapper of the same primary context)."""
+
+    ordinal: int
+    primary: bool = False
+    retains: int = 1
+    alive: bool = True
+
+
 @dataclass
 class FakeGpu:
     """State shared by the fake ``pycuda.driver`` and the fake ``tensorrt`` of one test."""
@@ -60,7 +80,9 @@ class FakeGpu:
     memory: dict[int, tuple[np.ndarray, Any]] = field(default_factory=dict)  # ptr -> (bytes, owning context)
     pinned: list[np.ndarray] = field(default_factory=list)
     streams: dict[int, Any] = field(default_factory=dict)
-    contexts: list[Any] = field(default_factory=list)
+    contexts: list[Any] = field(default_factory=list)  # every Context object handed out
+    primaries: dict[int, Any] = field(default_factory=dict)  # device ordinal -> its primary _CuContext
+    contexts_used: list[Any] = field(default_factory=list)  # _CuContext of every allocation and TensorRT object
     log: list[tuple] = field(default_factory=list)  # (op, details...) in execution order
     next_ptr: int = 0x7F00_0000_0000
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -83,17 +105,42 @@ class FakeGpu:
             raise LogicError(f"{what} failed: context is destroyed")
         return ctx
 
+    def primary(self, ordinal: int) -> _CuContext:
+        """The device's primary context (created on first retain, like cuDevicePrimaryCtxRetain)."""
+        with self.lock:
+            cu = self.primaries.get(ordinal)
+            if cu is None or not cu.alive:
+                cu = self.primaries[ordinal] = _CuContext(ordinal, primary=True, retains=0)
+            return cu
+
+    def context_for_tensorrt(self) -> _CuContext:
+        """The context a TensorRT object binds to: the current one, else the primary context of device 0 (the
+        CUDA runtime's implicit initialisation, which TensorRT relies on)."""
+        stack = self.stack()
+        cu = stack[-1].cu if stack and stack[-1].alive else self.primary(0)
+        if cu.primary and cu.retains == 0:
+            cu.retains = 1  # the runtime's own retain, never released while the process lives
+        self.note_used(cu)
+        return cu
+
+    def note_used(self, cu: _CuContext) -> None:
+        if all(c is not cu for c in self.contexts_used):
+            self.contexts_used.append(cu)
+
     # -- device memory --
     def alloc(self, nbytes: int, ctx: Any) -> int:
+        ctx = ctx.cu
+        self.note_used(ctx)
         with self.lock:
             ptr = self.next_ptr
             self.next_ptr += (max(int(nbytes), 1) + 511) // 256 * 256
             self.memory[ptr] = (np.zeros(int(nbytes), dtype=np.uint8), ctx)
             return ptr
 
-    def view(self, ptr: int, nbytes: int, what: str) -> np.ndarray:
-        """The ``nbytes`` bytes at device pointer ``ptr``, checked against allocations and the current context."""
-        ctx = self.current(what)
+    def view(self, ptr: int, nbytes: int, what: str, ctx: _CuContext | None = None) -> np.ndarray:
+        """The ``nbytes`` bytes at device pointer ``ptr``, checked against allocations and the current context (or
+        ``ctx``, the context a TensorRT object works in)."""
+        ctx = ctx if ctx is not None else self.current(what).cu
         with self.lock:
             for base, (buf, owner) in self.memory.items():
                 if base <= ptr < base + max(buf.size, 1):
@@ -158,16 +205,31 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
             return 16
 
         def make_context(self, flags: int = 0) -> Context:
-            ctx = Context(self)
+            """cuCtxCreate: a new context, pushed on this thread (pycuda ``device::make_context``)."""
+            ctx = Context(self, _CuContext(self.ordinal))
             gpu.contexts.append(ctx)
             gpu.stack().append(ctx)
             return ctx
 
+        def retain_primary_context(self) -> Context:
+            """cuDevicePrimaryCtxRetain: the device's primary context, retained, *not* pushed (pycuda
+            ``device::retain_primary_context``)."""
+            cu = gpu.primary(self.ordinal)
+            cu.retains += 1
+            ctx = Context(self, cu)
+            gpu.contexts.append(ctx)
+            return ctx
+
     class Context:
-        def __init__(self, device: Device) -> None:
+        def __init__(self, device: Device, cu: _CuContext) -> None:
             self.device = device
-            self.alive = True
-            self.refcount = 1
+            self.cu = cu
+            self.valid = True  # pycuda's m_valid: False once this wrapper has detached
+            self.thread = threading.get_ident()  # pycuda's m_thread: the creating thread
+
+        @property
+        def alive(self) -> bool:
+            return self.valid and self.cu.alive
 
         def push(self) -> None:
             if not self.alive:
@@ -178,7 +240,7 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
         def pop() -> None:
             stack = gpu.stack()
             if not stack:
-                raise LogicError("cuCtxPopCurrent failed: invalid device context - context stack is empty")
+                raise LogicError("context::pop failed: cannot pop non-current context")
             stack.pop()
 
         @staticmethod
@@ -190,21 +252,32 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
         def synchronize() -> None:
             ctx = gpu.current("cuCtxSynchronize")
             for stream in list(gpu.streams.values()):
-                if stream.ctx is ctx:
+                if stream.ctx.cu is ctx.cu:
                     stream.synchronize()
 
         def get_device(self) -> Device:
             return self.device
 
         def detach(self) -> None:
-            self.refcount -= 1
-            if self.refcount == 0:
-                stack = gpu.stack()
-                if stack and stack[-1] is self:
-                    stack.pop()
-                self.alive = False
+            """pycuda ``context::detach`` (src/cpp/cuda.hpp): current -> detach and pop; not current but on the
+            creating thread -> push, detach, pop; not current on another thread -> pycuda leaks the context
+            silently ("leaked out-of-thread context"), which the double refuses."""
+            if not self.valid:
+                raise LogicError("context::detach failed: cannot detach from invalid context")
+            stack = gpu.stack()
+            current = bool(stack) and stack[-1] is self
+            if not current and threading.get_ident() != self.thread:
+                raise LogicError("context::detach: this context is not current and was made on another thread; "
+                                 "pycuda leaks it (its memory stays allocated). Push it, then detach.")
+            if current:
+                stack.pop()
+            self.valid = False
+            cu = self.cu
+            cu.retains -= 1  # cuCtxDetach, or for a primary context cuDevicePrimaryCtxRelease
+            if cu.retains <= 0:
+                cu.alive = False
                 with gpu.lock:
-                    for ptr in [p for p, (_, owner) in gpu.memory.items() if owner is self]:
+                    for ptr in [p for p, (_, owner) in gpu.memory.items() if owner is cu]:
                         del gpu.memory[ptr]
 
     class DeviceAllocation:
@@ -219,7 +292,7 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
             return self.ptr
 
         def free(self) -> None:
-            ctx = gpu.current("cuMemFree")
+            ctx = gpu.current("cuMemFree").cu
             with gpu.lock:
                 entry = gpu.memory.get(self.ptr)
                 if entry is not None:
@@ -253,56 +326,23 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
                 self.handle = 0x5000 + len(gpu.streams) + 1
                 gpu.streams[self.handle] = self
             self.queue: list[Callable[[], None]] = []
-            self.captured: list[Callable[[], None]] | None = None
 
-        def enqueue(self, op: Callable[[], None]) -> None:
-            if gpu.stack() and gpu.stack()[-1] is not self.ctx:
-                raise LogicError("stream of another context used (cuStream*: invalid handle)")
-            (self.queue if self.captured is None else self.captured).append(op)
-
-        # CUDA graphs (pycuda 2022.2+): work enqueued while capturing is recorded, not run
-        def begin_capture(self, capture_mode: int = 0) -> None:
-            gpu.current("cuStreamBeginCapture")
-            if self.captured is not None:
-                raise LogicError("cuStreamBeginCapture failed: stream is already capturing")
-            self.captured = []
-
-        def end_capture(self) -> Graph:
-            if self.captured is None:
-                raise LogicError("cuStreamEndCapture failed: stream is not capturing")
-            ops, self.captured = self.captured, None
-            return Graph(ops)
+        def enqueue(self, op: Callable[[], None], what: str = "stream work") -> None:
+            """Queue ``op``; CUDA needs this stream's context current on the calling thread."""
+            ctx = gpu.current(what)
+            if ctx.cu is not self.ctx.cu:
+                raise LogicError(f"{what} failed: invalid resource handle (stream of another context)")
+            self.queue.append(op)
 
         def synchronize(self) -> None:
-            if self.captured is not None:
-                raise LogicError("cuStreamSynchronize failed: operation not permitted when stream is capturing")
             ctx = gpu.current("cuStreamSynchronize")
-            if ctx is not self.ctx:
+            if ctx.cu is not self.ctx.cu:
                 raise LogicError("cuStreamSynchronize failed: invalid resource handle (stream of another context)")
             while self.queue:
                 self.queue.pop(0)()
 
         def is_done(self) -> bool:
             return not self.queue
-
-    class Graph:
-        def __init__(self, ops: list[Callable[[], None]]) -> None:
-            self.ops = list(ops)
-
-        def instantiate(self) -> GraphExec:
-            gpu.current("cuGraphInstantiate")
-            return GraphExec(self.ops)
-
-    class GraphExec:
-        def __init__(self, ops: list[Callable[[], None]]) -> None:
-            self.ops = ops
-
-        def launch(self, stream: Stream | None = None) -> None:
-            if stream is None:
-                raise LogicError("the double requires an explicit stream for GraphExec.launch")
-            stream.enqueue(lambda: gpu.log.append(("graph_launch", len(self.ops))))
-            for op in self.ops:
-                stream.enqueue(op)
 
     def memcpy_htod_async(dest: Any, src: np.ndarray, stream: Stream | None = None) -> None:
         gpu.current("cuMemcpyHtoDAsync")
@@ -386,7 +426,7 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
 
     for name, value in dict(init=init, Device=Device, Context=Context, DeviceAllocation=DeviceAllocation,
                             mem_alloc=mem_alloc, mem_get_info=mem_get_info, pagelocked_empty=pagelocked_empty,
-                            Stream=Stream, Event=Event, Graph=Graph, GraphExec=GraphExec, memcpy_htod_async=memcpy_htod_async,
+                            Stream=Stream, Event=Event, memcpy_htod_async=memcpy_htod_async,
                             memcpy_dtoh_async=memcpy_dtoh_async, memcpy_htod=memcpy_htod, memcpy_dtoh=memcpy_dtoh,
                             get_version=get_version, get_driver_version=get_driver_version,
                             device_attribute=device_attribute, ctx_flags=ctx_flags, Error=Error,

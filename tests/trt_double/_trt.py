@@ -12,7 +12,27 @@ version has, wraps each call in a signature check, and fills the rest with stubs
 - the serialized "engine" carries the ONNX bytes, the chosen flags, profile and INT8 scales, and the TensorRT
   version: ``deserialize_cuda_engine`` of another version's engine returns None (the real version-tag check);
 - ``execute_async_v3`` queues ONNX Runtime on the stream, reading/writing the fake device memory the tensor
-  addresses point to.
+  addresses point to; the stream must belong to the CUDA context the engine was created in.
+
+Rules modelled after real-hardware defects (each cites its source):
+- implicit INT8 calibration reads one batch at the *opt* shape of the calibration profile (profile 0 when none is
+  set), whatever ``get_batch_size`` says (NvInfer.h ``IBuilderConfig::setCalibrationProfile``: "MIN and MAX values
+  will be overwritten by kOPT"; ``IInt8Calibrator::getBatchSize`` is deprecated/ignored from 10.0): a calibrator
+  buffer smaller than that is read past its end, which the double turns into a failed build;
+- a version-compatible engine deserializes only with ``Runtime.engine_host_code_allowed = True`` (TensorRT
+  developer guide, "Version Compatibility"; Polygraphy's ``EngineFromBytes`` sets it), and only on a runtime at
+  least as new as the builder: same major, or 8.6+ -> 10.x, 10.x -> 11.x (TensorRT 11.4 support matrix);
+- DLA runs only static shapes: with a profile whose min/opt/max differ every layer falls back to the GPU (or the
+  build fails without ``GPU_FALLBACK``); the DLA core an engine runs on is the runtime's ``DLA_core``, not the
+  builder's (``IRuntime::setDLACore``);
+- the ONNX parser rejects Q/DQ with a UINT8 or non-zero zero point (onnx-tensorrt ``onnxOpImporters.cpp``,
+  QuantDequantLinearHelper: "TensorRT only supports symmetric quantization. The zero point ... must be all zeros");
+- TF32 is on by default for FP32 layers (NvInfer.h ``BuilderFlag::kTF32``) until the flag is cleared;
+- ``create_timing_cache`` returns None for a blob it cannot read (``IBuilderConfig::createTimingCache``: "nullptr
+  on failure");
+- TensorRT 11's engine inspector writes "I/O Tensors" instead of "Bindings" and splits a layer output's
+  "Format/Datatype" into "Format" and "DataType" (TensorRT 11 migration guide, IEngineInspector JSON output);
+- Builder and Runtime bind to the CUDA context current when they are made, else the primary context.
 """
 from __future__ import annotations
 
@@ -156,6 +176,32 @@ class INetworkDefinition(_Obj):
     def get_flag(self, flag: Any) -> bool:
         return bool(self._d_flags & (1 << int(flag)))
 
+    def get_layer(self, index: int) -> Any:
+        name, op = self._d_nodes[index]
+        return self._d_mod.ILayer._d_new(name=name or f"node_{index}", op=op, index=index)
+
+
+# ONNX op -> TensorRT LayerType of the layer the parser makes for it
+OP_TO_LAYER = {"Conv": "CONVOLUTION", "Relu": "ACTIVATION", "Add": "ELEMENTWISE", "Mul": "ELEMENTWISE",
+               "GlobalAveragePool": "REDUCE", "MaxPool": "POOLING", "AveragePool": "POOLING",
+               "Gemm": "MATRIX_MULTIPLY", "MatMul": "MATRIX_MULTIPLY", "Flatten": "SHUFFLE", "Reshape": "SHUFFLE",
+               "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "BatchNormalization": "SCALE",
+               "Softmax": "SOFTMAX", "Cast": "CAST", "Identity": "IDENTITY", "Constant": "CONSTANT",
+               "Concat": "CONCATENATION", "Pad": "PADDING"}
+# Layers the double's DLA cannot run (TensorRT developer guide, "DLA Supported Layers and Restrictions": no
+# matrix multiply, reduce, shuffle or cast layers on DLA; they need GPU fallback)
+DLA_UNSUPPORTED = {"MATRIX_MULTIPLY", "REDUCE", "SHUFFLE", "CAST", "IDENTITY", "CONSTANT"}
+
+
+class ILayer(_Obj):
+    @property
+    def name(self) -> str:
+        return self._d_name
+
+    @property
+    def type(self) -> Any:
+        return getattr(self._d_mod.LayerType, OP_TO_LAYER.get(self._d_op, "IDENTITY"))
+
 
 class ParserError(_Obj):
     def code(self) -> Any:
@@ -225,6 +271,7 @@ class OnnxParser(_Obj):
             if node.domain not in ("", "ai.onnx"):
                 self._d_errors.append(err(desc=f"No importer registered for op: {node.op_type}", node=i,
                                           node_name=node.name, op=node.op_type))
+        self._d_check_zero_points(proto)
         if self._d_errors:
             return False
         inits = {i.name for i in proto.graph.initializer}
@@ -242,6 +289,33 @@ class OnnxParser(_Obj):
         object.__setattr__(net, "_d_nodes", [(n.name, n.op_type) for n in proto.graph.node])
         object.__setattr__(net, "_d_onnx", proto.SerializeToString())
         return True
+
+
+def _zero_point_errors(proto: Any) -> list[tuple[int, Any, str]]:
+    """(node index, node, message) for every Q/DQ whose zero point TensorRT's parser rejects."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    errors = []
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type not in QDQ_OPS or len(node.input) < 3 or not node.input[2]:
+            continue
+        zp = inits.get(node.input[2])
+        if zp is None:
+            continue
+        if zp.data_type == TensorProto.UINT8:
+            errors.append((i, node, f"{node.op_type}: zero point {zp.name!r} is UINT8; TensorRT quantizes to "
+                                    f"INT8 (and FP8/INT4) only"))
+        elif np.any(numpy_helper.to_array(zp) != 0):
+            errors.append((i, node, "TensorRT only supports symmetric quantization. The zero point for the "
+                                    "QuantizeLinear/DequantizeLinear operator must be all zeros."))
+    return errors
+
+
+def _check_zero_points(self: Any, proto: Any) -> None:
+    for i, node, msg in _zero_point_errors(proto):
+        self._d_errors.append(self._d_mod.ParserError._d_new(desc=msg, node=i, node_name=node.name,
+                                                             op=node.op_type))
 
 
 class IOptimizationProfile(_Obj):
@@ -301,6 +375,23 @@ class IProgressMonitor(_Obj):
 
 
 class IBuilderConfig(_Obj):
+    def set_calibration_profile(self, profile: Any) -> bool:
+        shapes = profile._d_shapes
+        if not shapes or any(not (len(a) == len(b) == len(c)) or any(not x <= y <= z for x, y, z in zip(a, b, c))
+                             for a, b, c in shapes.values()):
+            return False
+        object.__setattr__(self, "_d_calib_profile", profile)
+        return True
+
+    def get_calibration_profile(self) -> Any:
+        return getattr(self, "_d_calib_profile", None)
+
+    def can_run_on_DLA(self, layer: Any) -> bool:  # noqa: N802 - TensorRT's name
+        return layer.type.name not in DLA_UNSUPPORTED
+
+    def get_device_type(self, layer: Any) -> Any:
+        return self.default_device_type
+
     def set_flag(self, flag: Any) -> None:
         object.__setattr__(self, "_d_flags", self._d_flags | (1 << int(flag)))
 
@@ -341,7 +432,10 @@ class IBuilderConfig(_Obj):
         entries = 0
         if data:
             parts = data.decode(errors="replace").split(":")
-            if len(parts) != 3 or parts[0] != "FAKETC1" or parts[1] != self._d_mod.__version__:
+            if len(parts) != 3 or parts[0] != "FAKETC1":
+                self._d_log(self._d_builder._d_logger, "ERROR", "createTimingCache: the blob is not a timing cache")
+                return None
+            if parts[1] != self._d_mod.__version__:
                 self._d_log(self._d_builder._d_logger, "WARNING", "timing cache of another TensorRT: ignored")
             else:
                 entries = int(parts[2])
@@ -411,6 +505,7 @@ class Builder(_Obj):
     def __init__(self, logger: Any) -> None:
         _check_gpu(self)
         object.__setattr__(self, "_d_logger", logger)
+        object.__setattr__(self, "_d_ctx", self._d_mod._d_gpu.context_for_tensorrt())
 
     @property
     def num_DLA_cores(self) -> int:  # noqa: N802 - TensorRT's name
@@ -428,7 +523,9 @@ class Builder(_Obj):
         return self._d_mod.INetworkDefinition._d_new(flags=int(flags), inputs=[], outputs=[], nodes=[], onnx=None)
 
     def create_builder_config(self) -> Any:
-        return self._d_mod.IBuilderConfig._d_new(flags=0, pools={}, profiles=[], builder=self)
+        tf32 = getattr(self._d_mod.BuilderFlag, "TF32", None)  # on by default (NvInfer.h BuilderFlag::kTF32)
+        return self._d_mod.IBuilderConfig._d_new(flags=0 if tf32 is None else 1 << int(tf32), pools={}, profiles=[],
+                                                 builder=self)
 
     def create_optimization_profile(self) -> Any:
         return self._d_mod.IOptimizationProfile._d_new(shapes={})
@@ -468,6 +565,7 @@ class _Build:
         if has_qdq and not strongly and "INT8" not in self.flag_names:
             raise _BuildFailed("Network has Q/DQ layers: enable BuilderFlag.INT8 (or build it strongly typed)")
         profile = self._profile()
+        dla_layers = self._dla(profile)
         scales = None
         if "INT8" in self.flag_names and not has_qdq:
             scales = self._calibrate(profile)
@@ -488,12 +586,33 @@ class _Build:
             "builder_flags": self.flag_names, "profile": profile, "int8_scales": scales,
             "calibrator": getattr(getattr(cfg, "_d_calibrator", None), "_d_algo", None) if scales else None,
             "dla_core": cfg.DLA_core if cfg.default_device_type == mod.DeviceType.DLA else None,
-            "workspace": cfg._d_pools.get("WORKSPACE"), "opt_level": cfg.builder_optimization_level,
+            "dla_layers": dla_layers, "version_compatible": "VERSION_COMPATIBLE" in self.flag_names,
+            "workspace": cfg._d_pools.get("WORKSPACE"), "opt_level": getattr(cfg, "builder_optimization_level", None),  # 8.6+
             "detailed": cfg.profiling_verbosity == mod.ProfilingVerbosity.DETAILED,
             "layers": [[name or f"node_{i}", op, precision] for i, (name, op) in enumerate(net._d_nodes)],
             "io": [[t._d_name, "INPUT", t._d_dtype, list(t._d_shape)] for t in net._d_inputs]
             + [[t._d_name, "OUTPUT", t._d_dtype, list(t._d_shape)] for t in net._d_outputs],
         }
+
+    def _dla(self, profile: dict) -> int:
+        """How many layers run on the DLA; DLA needs static shapes (TensorRT developer guide, "Working with
+        DLA": min = opt = max), else every layer falls back to the GPU, or the build fails without fallback."""
+        cfg, mod = self.cfg, self.mod
+        if cfg.default_device_type != mod.DeviceType.DLA:
+            return 0
+        fallback = "GPU_FALLBACK" in self.flag_names
+        dynamic = [name for name, (lo, opt, hi) in profile.items() if not lo == opt == hi]
+        if dynamic:
+            if not fallback:
+                raise _BuildFailed(f"DLA does not support dynamic shapes: inputs {dynamic} have min != max")
+            self.b._d_log(self.b._d_logger, "WARNING", f"DLA needs static shapes; inputs {dynamic} are dynamic: "
+                          f"all layers run on the GPU")
+            return 0
+        layers = [self.net.get_layer(i) for i in range(self.net.num_layers)]
+        on_dla = [layer for layer in layers if cfg.can_run_on_DLA(layer)]
+        if len(on_dla) < len(layers) and not fallback:
+            raise _BuildFailed("layers the DLA cannot run need BuilderFlag.GPU_FALLBACK")
+        return len(on_dla)
 
     def _strongly_typed(self) -> bool:
         if self.major >= 11:  # 11.x: every network is strongly typed
@@ -535,19 +654,37 @@ class _Build:
                           f"{expected}: ignored, calibrating")
         return self._calibrate_on_device(calib, expected)
 
+    def _calibration_shape(self, calib: Any) -> tuple:
+        """The shape TensorRT calibrates at: the calibration profile's opt (NvInfer.h setCalibrationProfile: "MIN
+        and MAX values will be overwritten by kOPT"), profile 0 when none is set; a static input as it is.
+        ``get_batch_size`` is not consulted for these explicit-batch networks (deprecated/ignored from 10.0)."""
+        inp = self.net._d_inputs[0]
+        if -1 not in inp._d_shape:
+            return tuple(inp._d_shape)
+        profile = self.cfg.get_calibration_profile()
+        if profile is None:
+            self.b._d_log(self.b._d_logger, "WARNING", "Calibration Profile is not defined. Calibrating with "
+                          "Profile 0")
+            profile = self.cfg._d_profiles[0]
+        calib.get_batch_size()  # still called, as TensorRT does, and ignored
+        return tuple(profile._d_shapes[inp._d_name][1])
+
     def _calibrate_on_device(self, calib: Any, header: str) -> dict:
         gpu = self.mod._d_gpu
         inp = self.net._d_inputs[0]
-        batch = calib.get_batch_size()
+        shape = self._calibration_shape(calib)
         amax, n = 0.0, 0
         while True:
             ptrs = calib.get_batch([inp._d_name])
             if not ptrs:
                 break
-            shape = (batch,) + tuple(inp._d_shape[1:])
             nbytes = int(np.prod(shape)) * np.dtype(TRT_TO_NP[inp._d_dtype]).itemsize
-            data = gpu.view(int(ptrs[0]), nbytes, "calibration get_batch").view(TRT_TO_NP[inp._d_dtype])
-            amax = max(amax, float(np.abs(data).max()))
+            try:
+                raw = gpu.view(int(ptrs[0]), nbytes, "calibration get_batch", ctx=self.b._d_ctx)
+            except Exception as exc:  # noqa: BLE001 - any device fault fails the build, as on a GPU
+                raise _BuildFailed(f"calibration read {shape} (the calibration profile's opt shape) from the "
+                                   f"calibrator's buffer: {exc}") from exc
+            amax = max(amax, float(np.abs(raw.view(TRT_TO_NP[inp._d_dtype])).max()))
             n += 1
         if n == 0:
             raise _BuildFailed("Calibration failure occurred with no scaling factors detected: the calibrator gave "
@@ -565,10 +702,43 @@ def _has_fp16(net: Any) -> bool:
     return any(i.data_type == 10 for i in proto.graph.initializer)
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split(".")[:3])
+
+
+def runtime_accepts(built: str, runtime: str, version_compatible: bool) -> bool:
+    """Whether a runtime of version ``runtime`` can load an engine built by ``built`` (TensorRT developer guide,
+    "Version Compatibility", and the 11.4 support matrix: a version-compatible engine runs on the same or a later
+    runtime of its major, or 8.6+ -> 10.x, 10.x -> 11.x; never on an older one)."""
+    if built == runtime:
+        return True
+    b, r = _version_tuple(built), _version_tuple(runtime)
+    if not version_compatible or r < b or b < (8, 6):
+        return False
+    return b[0] == r[0] or (b[0], r[0]) in {(8, 10), (10, 11)}
+
+
 class Runtime(_Obj):
     def __init__(self, logger: Any) -> None:
         _check_gpu(self)
         object.__setattr__(self, "_d_logger", logger)
+        object.__setattr__(self, "_d_ctx", self._d_mod._d_gpu.context_for_tensorrt())
+
+    @property
+    def engine_host_code_allowed(self) -> bool:
+        return getattr(self, "_d_host_code", False)
+
+    @engine_host_code_allowed.setter
+    def engine_host_code_allowed(self, value: bool) -> None:
+        object.__setattr__(self, "_d_host_code", bool(value))
+
+    @property
+    def DLA_core(self) -> int:  # noqa: N802 - TensorRT's name
+        return getattr(self, "_d_dla", -1)
+
+    @DLA_core.setter
+    def DLA_core(self, value: int) -> None:  # noqa: N802
+        object.__setattr__(self, "_d_dla", int(value))
 
     def deserialize_cuda_engine(self, serialized_engine: Any) -> Any:
         data = bytes(serialized_engine)
@@ -578,13 +748,20 @@ class Runtime(_Obj):
             return None
         (n,) = struct.unpack("<I", data[8:12])
         header = json.loads(data[12:12 + n])
-        if header["trt_version"] != self._d_mod.__version__:
+        compatible = header.get("version_compatible", False)
+        if compatible and not self.engine_host_code_allowed:
+            self._d_log(self._d_logger, "ERROR", "1: [runtime.cpp::deserializeCudaEngine] Error Code 1: "
+                        "Serialization (a version-compatible engine embeds host code: set "
+                        "engine_host_code_allowed = True on the runtime to load it)")
+            return None
+        if not runtime_accepts(header["trt_version"], self._d_mod.__version__, compatible):
             self._d_log(self._d_logger, "ERROR", "1: [stdArchiveReader.cpp] Error Code 1: Serialization "
                         "(Serialization assertion stdVersionRead == kSERIALIZATION_VERSION failed.Version tag "
                         f"does not match. Note: Current Version: {self._d_mod.__version__}, Serialized Engine "
                         f"Version: {header['trt_version']})")
             return None
-        return self._d_mod.ICudaEngine._d_new(header=header, onnx=data[12 + n:], session=None)
+        return self._d_mod.ICudaEngine._d_new(header=header, onnx=data[12 + n:], session=None, ctx=self._d_ctx,
+                                              dla_run=max(self.DLA_core, 0) if header.get("dla_layers") else None)
 
 
 class ICudaEngine(_Obj):
@@ -648,12 +825,18 @@ class EngineInspector(_Obj):
         # the strings TensorRT writes with ProfilingVerbosity.DETAILED
         formats = {"Float": "Row major linear FP32", "Half": "Channel major FP16 format where channel % 8 == 0",
                    "Int8": "Thirty-two wide channel vectorized row major Int8 format"}
+        v11 = self._d_version_major() >= 11  # the 11.x schema (TensorRT 11 migration guide, IEngineInspector)
         if header["detailed"]:
-            layers = [{"Name": name, "LayerType": op, "Outputs": [{"Name": f"{name}_out",
-                                                                   "Format/Datatype": formats[prec]}]}
+            layers = [{"Name": name, "LayerType": op,
+                       "Outputs": [{"Name": f"{name}_out", "Format": formats[prec], "DataType": prec} if v11
+                                   else {"Name": f"{name}_out", "Format/Datatype": formats[prec]}]}
                       for name, op, prec in header["layers"]]
         else:
             layers = [name for name, _, _ in header["layers"]]
+        if v11:
+            io = [{"Name": e[0], "IOMode": e[1].capitalize(), "DataType": e[2].capitalize(), "Dimensions": e[3]}
+                  for e in header["io"]]
+            return json.dumps({"Layers": layers, "I/O Tensors": io})
         return json.dumps({"Layers": layers, "Bindings": [e[0] for e in header["io"]]})
 
 
@@ -702,6 +885,10 @@ class IExecutionContext(_Obj):
         if stream is None:
             self._d_log(None, "ERROR", f"enqueueV3: invalid stream handle {stream_handle}")
             return False
+        if stream.ctx.cu is not self._d_engine._d_ctx:  # kernels launch in the engine's context
+            self._d_log(None, "ERROR", "enqueueV3: Cuda Runtime (invalid resource handle): the stream belongs to "
+                        "another CUDA context than the engine")
+            return False
         io = self._d_engine._d_header["io"]
         missing = [e[0] for e in io if e[0] not in self._d_addresses or (e[1] == "INPUT" and e[0] not in
                                                                          self._d_shapes)]
@@ -724,8 +911,10 @@ class IExecutionContext(_Obj):
                 if value.shape != out_shapes[name]:
                     raise RuntimeError(f"double: output {name} shape {value.shape} != {out_shapes[name]}")
                 gpu.view(addresses[name], value.nbytes, "enqueueV3")[:] = value.view(np.uint8).reshape(-1)
+            if self._d_engine._d_dla_run is not None:
+                gpu.log.append(("dla_execute", self._d_engine._d_dla_run))
             gpu.log.append(("execute", {k: v.shape[0] for k, v in feeds.items()}))
-        stream.enqueue(op)
+        stream.enqueue(op, "enqueueV3")
         return True
 
 
@@ -741,11 +930,12 @@ def _engine_run(self: Any, feeds: dict) -> list:
 
 
 ICudaEngine._d_run = _engine_run  # type: ignore[attr-defined]
+OnnxParser._d_check_zero_points = _check_zero_points  # type: ignore[attr-defined]
 
 IMPLS: dict[str, type] = {
     cls.__name__: cls for cls in (ILogger, Logger, Dims, IHostMemory, ITensor, INetworkDefinition, ParserError,
                                   OnnxParser, IOptimizationProfile, ITimingCache, IInt8Calibrator,
                                   IInt8EntropyCalibrator2, IInt8EntropyCalibrator, IInt8MinMaxCalibrator,
                                   IProgressMonitor, IBuilderConfig, Builder, Runtime, ICudaEngine, EngineInspector,
-                                  IExecutionContext)
+                                  IExecutionContext, ILayer)
 }
