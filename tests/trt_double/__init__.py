@@ -1,9 +1,9 @@
 """Test double of TensorRT (per recorded API version) and of ``pycuda.driver``, for CPU-only tests.
 
 ``install(monkeypatch, "10.13.3")`` puts a fake ``tensorrt`` (held to ``tests/trt_api/10.13.3.json``) and a fake
-``pycuda``/``pycuda.driver`` into ``sys.modules`` and returns a :class:`Double` with both modules and the shared
-fake GPU state (device memory, operation log, contexts) for assertions. See ``_surface``, ``_trt`` and ``_cuda``
-for what each part enforces.
+``pycuda``/``pycuda.driver`` (held to ``tests/pycuda_api/*.json``) into ``sys.modules`` and returns a
+:class:`Double` with both modules and the shared fake GPU state (device memory, operation log, contexts) for
+assertions. See ``_surface``, ``_pycuda_surface``, ``_trt`` and ``_cuda`` for what each part enforces.
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from typing import Any
 
 
 from ._cuda import FakeDevice, FakeGpu, make_driver
+from ._pycuda_surface import PYCUDA_VERSIONS, hold_driver, load_pycuda_surface, supported_names
 from ._surface import VERSIONS, build_module, load_surface
 from ._trt import IMPLS, version_int
 
-__all__ = ["VERSIONS", "Double", "FakeDevice", "FakeGpu", "install", "make_tensorrt", "load_surface", "version_int"]
+__all__ = ["PYCUDA_VERSIONS", "VERSIONS", "Double", "FakeDevice", "FakeGpu", "hold_driver", "install",
+           "load_pycuda_surface", "load_surface", "make_tensorrt", "supported_names", "version_int"]
 
 
 @dataclass
@@ -68,7 +70,7 @@ def install(monkeypatch: Any, version: str, *, gpu: FakeGpu | None = None, dla_c
     """Put the fake ``tensorrt`` / ``pycuda.driver`` into ``sys.modules`` for one test."""
     gpu = gpu if gpu is not None else FakeGpu()
     trt = make_tensorrt(version, gpu, dla_cores=dla_cores)
-    drv = make_driver(gpu)
+    drv = hold_driver(make_driver(gpu))  # refuses to edgeres what the real pycuda.driver lacks
     pkg = types.ModuleType("pycuda", "test double of pycuda")
     pkg.__path__ = []  # a package
     pkg.driver = drv
