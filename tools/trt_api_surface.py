@@ -39,6 +39,7 @@ VERSIONS = [
     ("8.6.1", "tensorrt-bindings==8.6.1"),
     ("10.3.0", "tensorrt-cu12-bindings==10.3.0"),
     ("10.13.3", "tensorrt-cu12-bindings==10.13.3.9.post1"),
+    ("10.16.1", "tensorrt-cu12-bindings==10.16.1.11"),
     ("11.4.0", "tensorrt-cu13-bindings==11.4.0.106"),
 ]
 

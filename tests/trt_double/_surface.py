@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 SURFACES = Path(__file__).resolve().parents[1] / "trt_api"
-VERSIONS = ("8.5.2", "8.6.1", "10.3.0", "10.13.3", "11.4.0")
+VERSIONS = ("8.5.2", "8.6.1", "10.3.0", "10.13.3", "10.16.1", "11.4.0")
 
 
 def load_surface(version: str) -> dict:
