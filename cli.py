@@ -454,12 +454,16 @@ def _print_rows(rows: list[tuple[str, Any]]) -> None:
               help="TensorRT: Q/DQ ONNX (explicit) or calibration cache (implicit, TensorRT 8.5-10.x).")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT: builder optimisation level.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: engine runnable by later TensorRT versions.")
+@click.option("--high-precision", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32"]),
+              help="TensorRT int8: precision of the layers left unquantized.")
+@click.option("--no-tf32", is_flag=True, help="TensorRT: strict FP32 (FP32 layers may not use TF32 tensor cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: Path | None, calib_method: str,
           calib_images: int, batch: str, out_dir: Path | None, force: bool, threads: int | None,
           verify_images: int, workspace_mb: int | None, timing_cache: Path | None, dla_core: int | None,
-          int8_mode: str, opt_level: int | None, version_compatible: bool, as_json: bool) -> None:
+          int8_mode: str, opt_level: int | None, version_compatible: bool, high_precision: str, no_tf32: bool,
+          as_json: bool) -> None:
     """Build an engine/artifact from MODEL (an exported .onnx or a .pt checkpoint) and verify it against FP32."""
     from edgeres.backends import BatchProfile
     from edgeres.build import build_artifact, build_table
@@ -469,6 +473,7 @@ def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: 
         calib_images=calib_images, profile=BatchProfile.parse(batch), out_dir=out_dir, force=force, threads=threads,
         verify_images=verify_images, quiet=quiet_flag(ctx), int8_mode=int8_mode, workspace_mb=workspace_mb,
         timing_cache=timing_cache, opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
+        high_precision=high_precision, tf32=not no_tf32,
     )
     if as_json:
         echo_json(result.to_dict())

@@ -166,23 +166,36 @@ def test_fp16(double, fp32_onnx: Path, tmp_path: Path, card) -> None:
     np.testing.assert_allclose(got, _reference(fp32_onnx, _images(5)), rtol=2e-2, atol=2e-2)
 
 
-def test_int8_explicit_qdq(double, qdq_onnx: Path, tmp_path: Path, card) -> None:
-    out, sidecar = _build(qdq_onnx, tmp_path, card, Precision.INT8)
+@pytest.mark.parametrize("high_precision", ["fp16", "fp32"])
+def test_int8_explicit_qdq(double, qdq_onnx: Path, tmp_path: Path, card, high_precision: str) -> None:
+    """The unquantized layers run in FP16 by default on every era (8.x: the FP16 flag; 10.x/11.x strongly typed:
+    an FP16-typed Q/DQ network), in FP32 on request."""
+    from edgeres.quantize import to_fp16
+
+    out, sidecar = _build(qdq_onnx, tmp_path, card, Precision.INT8, high_precision=high_precision)
     header = _engine_header(out)
     flags = set(header["builder_flags"])
-    if double.version.startswith("8."):  # 8.x: Q/DQ networks need the INT8 flag; explicit batch
+    typed = not double.version.startswith("8.")
+    if not typed:  # 8.x: Q/DQ networks need the INT8 flag; explicit batch; FP16 by flag
         assert "INT8" in flags and header["network_flags"] & 1
-        assert not header["strongly_typed"]
+        assert not header["strongly_typed"] and ("FP16" in flags) == (high_precision == "fp16")
     elif double.version.startswith("10."):  # 10.x: strongly typed, no precision flags
         assert sidecar.fingerprint["network_flags"] == ["STRONGLY_TYPED"]
         assert header["strongly_typed"] and not flags & {"FP16", "INT8"}
     else:  # 11.x: always strongly typed; no flag to set
         assert sidecar.fingerprint["network_flags"] == [] and not flags & {"FP16", "INT8"}
     assert sidecar.int8["mode"] == "explicit" and header["int8_scales"] is None
+    assert sidecar.int8["high_precision"] == high_precision
     assert sidecar.options["layer_precisions"].get("Int8", 0) > 0
+    reference = qdq_onnx
+    if typed and high_precision == "fp16":  # what TensorRT parsed: the same Q/DQ with an FP16 float part
+        reference = to_fp16(qdq_onnx, tmp_path / "ref.fp16.qdq.onnx")
+        assert sidecar.fingerprint["sources"]["network_onnx_sha256"] == sha256_file(reference)
+    else:
+        assert sidecar.fingerprint["sources"]["network_onnx_sha256"] == sha256_file(qdq_onnx)
     results, times = _run_batches(out, double)
     for n, got in zip((8, 3, 1), results):
-        np.testing.assert_allclose(got, _reference(qdq_onnx, _images(n, seed=n)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got, _reference(reference, _images(n, seed=n)), rtol=1e-4, atol=1e-4)
     assert all(t.h2d_ms is not None for t in times)
 
 
@@ -428,6 +441,12 @@ def test_dispatcher_build_and_open_int8(double, fp32_onnx, tmp_path, card, int8_
         assert header["calibrator"] == "MINMAX_CALIBRATION" and header["int8_scales"]
     else:
         assert header["int8_scales"] is None and sidecar.options["layer_precisions"].get("Int8")
+        kept = onnx.load(str(out.with_name(sidecar.int8["qdq_onnx"])))
+        scale_types = {i.data_type for i in kept.graph.initializer if i.name.endswith("scale")}
+        typed = not double.version.startswith("8.")
+        # the Q/DQ kept beside the engine is what TensorRT parsed: FP16 float part where types decide (10.x/11.x)
+        assert scale_types == ({onnx.TensorProto.FLOAT16} if typed else {onnx.TensorProto.FLOAT}), scale_types
+        assert sidecar.fingerprint["sources"]["network_onnx_sha256"] == sidecar.int8["qdq_onnx_sha256"]
 
 
 # ---------------------------------------------------------------- rules of the real libraries (issue 10)
@@ -658,3 +677,26 @@ def test_unreadable_timing_cache_starts_a_new_one(double, fp32_onnx, tmp_path, c
     assert cache.read_bytes().startswith(b"FAKETC1:"), "replaced by a cache TensorRT can read"
 
 
+
+
+def test_dispatcher_passes_high_precision_and_tf32(monkeypatch, fp32_onnx, tmp_path, card) -> None:
+    from calibration.ranges import Ranges
+    from edgeres import backends
+    from edgeres.card import attach_card_to_onnx
+    from edgeres.quantize import tensors_to_observe
+
+    install(monkeypatch, "10.13.3")
+    model = onnx.load(str(fp32_onnx))
+    attach_card_to_onnx(model, card)
+    src = tmp_path / "tiny.card.onnx"
+    onnx.save(model, str(src))
+    amax = {name: 4.0 for name in tensors_to_observe(model)} | {"input": 4.0}
+    ranges = Ranges(amax=amax, method="minmax", num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
+                    preprocess=card.preprocess.to_dict())
+    out = tmp_path / "tiny.int8.engine"
+    backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, profile=PROFILE,
+                   high_precision="fp32", tf32=False, progress=False)
+    sidecar = read_sidecar_for(out)
+    kept = onnx.load(str(out.with_name(sidecar.int8["qdq_onnx"])))
+    assert {i.data_type for i in kept.graph.initializer if i.name.endswith("scale")} == {onnx.TensorProto.FLOAT}
+    assert sidecar.int8["high_precision"] == "fp32" and sidecar.options["tf32"] is False

@@ -259,3 +259,54 @@ def test_inplace_quantization_rewrites_the_model_itself_with_the_same_result(fp3
     onnx.checker.check_model(rewritten)
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     assert not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4 for i in model.graph.initializer)
+
+
+def test_to_fp16_leaves_integer_inputs_alone_and_shares_initializers(images):
+    """A kept ReduceSum reads int64 axes (opset 13+), and one FP32 initializer feeds both a kept op and a
+    converted one: the axes stay int64, the shared weight is FP16 for the converted op and cast for the kept one."""
+    from onnx import TensorProto, helper
+
+    from edgeres.quantize import convert_fp16
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w")
+    shift = numpy_helper.from_array(np.full((1, 4), 0.25, np.float32), "shift")
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceSum", ["c", "axes"], ["r"], name="sum", keepdims=0),
+         helper.make_node("Add", ["r", "shift"], ["a"], name="add"),
+         helper.make_node("Softmax", ["a"], ["s"], name="softmax", axis=1),
+         helper.make_node("Mul", ["s", "shift"], ["logits"], name="mul")],
+        "shared", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w, shift, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    half = convert_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    inits = {i.name: i for i in half.graph.initializer}
+    assert inits["axes"].data_type == TensorProto.INT64 and inits["shift"].data_type == TensorProto.FLOAT16
+    reduce = next(n for n in half.graph.node if n.op_type == "ReduceSum")
+    assert reduce.input[1] == "axes", "integer inputs are never cast"
+    np.testing.assert_allclose(_run(half, images)[0], _run(model, images)[0], rtol=2e-2, atol=2e-2)
+
+
+def test_qdq_model_to_fp16_keeps_the_int8_grid(fp32, images):
+    """The non-INT8 part of a Q/DQ model in FP16 (what strongly typed TensorRT gets): opset 19, FP16 scales,
+    INT8 weights untouched; on ONNX Runtime it predicts the same classes as the FP32-rest Q/DQ model."""
+    from edgeres.quantize import convert_fp16
+
+    model = onnx.load(str(fp32))
+    qdq = quantize_model(model, _minmax(model, images))
+    half = convert_fp16(qdq)
+    onnx.checker.check_model(half, full_check=True)
+    assert next(o.version for o in half.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    inits = {i.name: i for i in half.graph.initializer}
+    scales = [inits[n.input[1]] for n in half.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert scales and all(s.data_type == onnx.TensorProto.FLOAT16 for s in scales)
+    int8 = [i for i in half.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert int8, "weights stay INT8"
+    ref, got = _run(qdq, images)[0], _run(half, images)[0]
+    assert got.dtype == np.float32
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+    # FP16 rounding ahead of a quantizer may move a value across an INT8 step: allow a few steps, not more
+    assert np.abs(got - ref).max() < 0.15 * np.abs(ref).max()

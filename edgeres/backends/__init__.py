@@ -91,7 +91,7 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
           int8_provenance: dict[str, Any] | None = None, threads: int | None = None,
           int8_mode: str = "explicit", workspace_mb: int | None = None, timing_cache: str | Path | None = None,
           opt_level: int | None = None, dla_core: int | None = None, version_compatible: bool = False,
-          progress: bool = True) -> Path:
+          high_precision: str = "fp16", tf32: bool = True, progress: bool = True) -> Path:
     """Build an artifact (engine or ONNX) plus its sidecar from an FP32 ONNX that carries the model card.
 
     Args:
@@ -104,6 +104,8 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
         int8_provenance: recorded in the sidecar's ``int8`` section (ranges file, method, images, hashes).
         threads: ONNX Runtime intra-op threads recorded as the runner default.
         int8_mode, workspace_mb, timing_cache, opt_level, dla_core, version_compatible, progress: TensorRT only.
+        high_precision: TensorRT int8: the precision of the unquantized layers, "fp16" (default) or "fp32".
+        tf32: TensorRT: False clears TF32 for strict FP32 layers.
 
     Returns:
         The artifact path.
@@ -127,7 +129,7 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
 
         ignored = [name for name, value in (("--workspace", workspace_mb), ("--timing-cache", timing_cache),
                                             ("--opt-level", opt_level), ("--dla-core", dla_core is not None),
-                                            ("--version-compatible", version_compatible),
+                                            ("--version-compatible", version_compatible), ("--no-tf32", not tf32),
                                             ("--int8-mode implicit", int8_mode == "implicit")) if value]
         if ignored:
             log.warning("ONNX Runtime ignores the TensorRT option(s) %s", ", ".join(ignored))
@@ -138,7 +140,8 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
     return _build_tensorrt(src, precision=precision, out=out, card=card, source_sha=source_sha, profile=profile,
                            ranges=ranges, int8_provenance=int8_provenance or {}, int8_mode=int8_mode,
                            workspace_mb=workspace_mb, timing_cache=timing_cache, opt_level=opt_level,
-                           dla_core=dla_core, version_compatible=version_compatible, progress=progress)
+                           dla_core=dla_core, version_compatible=version_compatible, high_precision=high_precision,
+                           tf32=tf32, progress=progress)
 
 
 def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, source_sha: str,
@@ -153,7 +156,20 @@ def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, so
 
             # the signed Q/DQ model TensorRT gets is kept beside the engine: its CPU accuracy predicts the engine's
             onnx_for_trt = out.with_name(out.stem + ".qdq.onnx")
-            quantize_qdq(src, ranges, out=onnx_for_trt, activations="s8")
+            if options.get("high_precision", "fp16") == "fp16" and trt.qdq_builds_strongly_typed(
+                    trt.Features.detect(trt._trt())):
+                import tempfile
+
+                from edgeres.quantize import to_fp16
+
+                # strongly typed TensorRT takes the unquantized part's precision from the ONNX: the kept Q/DQ
+                # model is exactly what TensorRT parses, so its CPU accuracy still predicts the engine's
+                with tempfile.TemporaryDirectory(prefix="edgeres-qdq-") as tmp:
+                    staged = Path(tmp) / "fp32-rest.qdq.onnx"
+                    quantize_qdq(src, ranges, out=staged, activations="s8")
+                    to_fp16(staged, onnx_for_trt)
+            else:
+                quantize_qdq(src, ranges, out=onnx_for_trt, activations="s8")
             int8 = {"mode": "explicit", "activations": "s8", "qdq_onnx": onnx_for_trt.name,
                     "qdq_onnx_sha256": sha256_file(onnx_for_trt)}
         elif int8_mode == "implicit":

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # present on Jetson (L4T)
 JETSON_WORKSPACE_SHARE = 0.5  # default workspace on Jetson: this share of available memory (shared with the CPU)
 _INT8_MODES = ("explicit", "implicit")
+HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 engines run their unquantized layers in
 
 
 def _trt() -> ModuleType:
@@ -211,7 +212,8 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
                  profile: BatchProfile = BatchProfile(), int8_mode: str = "explicit",
                  calibration_cache: Path | None = None, workspace_mb: int | None = None,
                  timing_cache: Path | None = None, opt_level: int | None = None, dla_core: int | None = None,
-                 version_compatible: bool = False, tf32: bool = True, progress: bool = True,
+                 version_compatible: bool = False, tf32: bool = True, high_precision: str = "fp16",
+                 progress: bool = True,
                  calibration_data: Iterable[np.ndarray] | None = None) -> Sidecar:
     """Build a TensorRT engine from ONNX and write it with its sidecar, atomically.
 
@@ -230,6 +232,9 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
         opt_level: builder optimization level (0-5; TensorRT's default 3).
         dla_core: build for this DLA core (Jetson AGX Orin: 0 or 1), GPU fallback for unsupported layers.
         version_compatible: build an engine later TensorRT versions can run (see :func:`runtime_can_load`).
+        high_precision: int8 only: the precision of the layers left unquantized, "fp16" (NVIDIA's quantizer's
+            default) or "fp32". 8.x/10.x weakly typed: the FP16 builder flag; strongly typed (Q/DQ on 10.x, all of
+            11.x): a Q/DQ ONNX whose float part is FP16 (:func:`edgeres.quantize.convert_fp16`).
         tf32: let FP32 layers use TF32 tensor cores (Ampere and newer; TensorRT's default); False clears
             ``BuilderFlag.TF32`` for strict FP32.
         progress: show build progress on stderr.
@@ -253,6 +258,8 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
         raise InputError(f"ONNX file {onnx_path} not found; export one with `edgeres export`")
     if int8_mode not in _INT8_MODES:
         raise InputError(f"--int8-mode must be one of {', '.join(_INT8_MODES)}, got {int8_mode!r}")
+    if high_precision not in HIGH_PRECISIONS:
+        raise InputError(f"--high-precision must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}")
     ok, why = is_available()
     if not ok:
         raise BackendUnavailable(f"cannot build a TensorRT engine here: {why}; use --backend onnxruntime")
@@ -268,16 +275,18 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
                       source_onnx_sha256=source_onnx_sha256, profile=profile, int8_mode=int8_mode,
                       calibration_cache=calibration_cache, workspace_mb=workspace_mb, timing_cache=timing_cache,
                       opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible, tf32=tf32,
-                      progress=progress, calibration_data=calibration_data if on_device else None, ctx=ctx)
+                      high_precision=high_precision, progress=progress,
+                      calibration_data=calibration_data if on_device else None, ctx=ctx)
 
 
 def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_path: Path, *, out: Path,
            precision: Precision, card: ModelCard, source_onnx_sha256: str, profile: BatchProfile, int8_mode: str,
            calibration_cache: Path | None, workspace_mb: int | None, timing_cache: Path | None,
-           opt_level: int | None, dla_core: int | None, version_compatible: bool, tf32: bool, progress: bool,
-           calibration_data: Iterable[np.ndarray] | None, ctx: cu.CudaContext) -> Sidecar:
+           opt_level: int | None, dla_core: int | None, version_compatible: bool, tf32: bool,
+           high_precision: str, progress: bool, calibration_data: Iterable[np.ndarray] | None,
+           ctx: cu.CudaContext) -> Sidecar:
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
-        src = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp))
+        src = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp), high_precision=high_precision)
         logger = _Logger(trt)
         builder = trt.Builder(logger.trt_logger)
         network = _parse(trt, builder, src, feat, logger)
@@ -285,7 +294,8 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
         flags = _configure(trt, builder, network, config, feat, precision=precision, int8_mode=int8_mode,
                            calibration_cache=calibration_cache, profile=profile, workspace_mb=workspace_mb,
                            opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
-                           tf32=tf32, integrated=_is_integrated(), calibration_data=calibration_data, ctx=ctx)
+                           tf32=tf32, high_precision=high_precision, integrated=_is_integrated(),
+                           calibration_data=calibration_data, ctx=ctx)
         cache = _load_timing_cache(config, timing_cache)
         device_calibration = flags["device_calibration"]
         try:
@@ -306,7 +316,7 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
                        sources={"onnx_sha256": source_onnx_sha256, "network_onnx_sha256": built_from})
     int8: dict[str, Any] = {}
     if precision is Precision.INT8:
-        int8 = {"mode": int8_mode, "strongly_typed": flags["strongly_typed"]}
+        int8 = {"mode": int8_mode, "strongly_typed": flags["strongly_typed"], "high_precision": high_precision}
         calibrator = flags["calibrator"]
         if device_calibration is not None:
             int8.update(calibrated_on_device=True, calibration_batches=calibrator.batches,
@@ -371,13 +381,35 @@ def _check_symmetric_int8(model: Any, path: Path) -> None:
                              f"signed Q/DQ itself) or quantize with --activations s8")
 
 
-def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat: Features, tmp: Path) -> Path:
-    """The ONNX TensorRT parses: the given one, or (fp16 on 11.x) an FP16-typed copy."""
+def qdq_builds_strongly_typed(feat: Features) -> bool:
+    """Whether a Q/DQ network is built strongly typed here (10.x, 11.x): its types, not flags, set precision."""
+    return feat.always_strongly_typed or feat.strongly_typed is not None
+
+
+def _float16_qdq(model: Any) -> bool:
+    """Whether a Q/DQ model's scales are FP16 (its float part already FP16)."""
+    from onnx import TensorProto
+
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return any(node.op_type == "QuantizeLinear" and inits.get(node.input[1]) == TensorProto.FLOAT16
+               for node in model.graph.node)
+
+
+def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat: Features, tmp: Path, *,
+                    high_precision: str = "fp16") -> Path:
+    """The ONNX TensorRT parses: the given one, or an FP16-typed copy (fp16 on 11.x; the float part of a Q/DQ
+    network built strongly typed with ``high_precision="fp16"``)."""
     model = _load_onnx(onnx_path)
     has_qdq = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     if has_qdq:
         _check_symmetric_int8(model, onnx_path)
+    fp16_qdq = has_qdq and _float16_qdq(model)
     del model
+    if (precision is Precision.INT8 and has_qdq and high_precision == "fp16" and qdq_builds_strongly_typed(feat)
+            and not fp16_qdq):
+        from edgeres.quantize import to_fp16
+
+        return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx"))
     if precision is Precision.INT8 and int8_mode == "explicit" and not has_qdq:
         raise ModelError(f"{onnx_path} has no QuantizeLinear/DequantizeLinear nodes, so it cannot make an explicit "
                          f"INT8 engine; quantize it first (`edgeres quantize`) or use --int8-mode implicit")
@@ -442,7 +474,7 @@ def _parser_errors(parser: Any, src: Path, feat: Features) -> list[str]:
 def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, feat: Features, *,
                precision: Precision, int8_mode: str, calibration_cache: Path | None, profile: BatchProfile,
                workspace_mb: int | None, opt_level: int | None, dla_core: int | None, version_compatible: bool,
-               tf32: bool, integrated: bool, calibration_data: Iterable[np.ndarray] | None,
+               tf32: bool, high_precision: str, integrated: bool, calibration_data: Iterable[np.ndarray] | None,
                ctx: cu.CudaContext) -> dict[str, Any]:
     network = net.network
     calibrator = device_calibration = None
@@ -454,7 +486,8 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
             config.set_flag(trt.BuilderFlag.FP16)
         elif precision is Precision.INT8:
             config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ on 8.x needs it too
-            config.set_flag(trt.BuilderFlag.FP16)  # layers without INT8 kernels/scales fall back to FP16
+            if high_precision == "fp16":  # layers without INT8 kernels/scales fall back to FP16, not FP32
+                config.set_flag(trt.BuilderFlag.FP16)
             if int8_mode == "implicit":
                 if calibration_data is not None:
                     device_calibration = _DeviceCalibration(trt, ctx, calibration_data)
