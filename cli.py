@@ -44,6 +44,8 @@ class _EdgeresGroup(click.Group):
                 raise
             err = click.ClickException(str(exc))
             err.exit_code = getattr(exc, "exit_code", 1)
+            if ctx.invoked_subcommand == "check" and err.exit_code == 1:
+                err.exit_code = 2  # anything that stops the gate is an input error, never "regression"
             raise err from None
         except OSError as exc:
             if debug():
@@ -79,6 +81,24 @@ def quiet_flag(ctx: click.Context) -> bool:
     return bool(ctx.obj and ctx.obj.get("quiet"))
 
 
+def outputs_safe(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Before any work: no output is one of the command's inputs (or another output), and every output's folder
+    can be written. ``inputs``/``outputs`` map option names to paths (None: not given)."""
+    from edgeres.io import check_writable, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(inputs, outputs)
+    for name, path in outputs.items():
+        if path is not None:
+            check_writable(path, what=name)
+
+
+def artifact_inputs(artifact: Path) -> dict[str, Path]:
+    """An artifact and its sidecar, both inputs of the commands that run it."""
+    from edgeres.backends.base import sidecar_path
+
+    return {"ARTIFACT": artifact, "ARTIFACT's sidecar": sidecar_path(artifact)}
+
+
 def echo_json(obj: Any) -> None:
     """Print machine-readable output (strict JSON: a NaN is an error, never a bare ``NaN``)."""
     from edgeres.io import dumps_json
@@ -99,7 +119,9 @@ def data() -> None:
 def data_digits(out_dir: Path, seed: int, force: bool) -> None:
     """Write scikit-learn's handwritten digits (1,797 real 8x8 scans) as an image folder OUT_DIR/{train,val}/<class>/."""
     from edgeres.digits import write_digits
+    from edgeres.io import check_writable_dir
 
+    check_writable_dir(out_dir.parent, what="folder for")
     ds = write_digits(out_dir, seed=seed, force=force)
     click.echo(f"wrote {len(ds.train.samples)} train and {len(ds.val.samples)} val images of "
                f"{len(ds.classes)} classes to {out_dir}")
@@ -142,6 +164,7 @@ def train(ctx: click.Context, data_dir: str, arch: str, out: Path, epochs: int |
 
     if out.exists() and not (resume or force):
         raise InputError(f"{out} already exists; pass --resume to continue it or --force to start over")
+    outputs_safe({"DATA_DIR": data_dir if Path(data_dir).exists() else None}, {"--out": out})
     options = {"shortcut": shortcut} if shortcut else {}
     cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
                       weight_decay=weight_decay, seed=seed, size=size, val_split=val_split, hflip=hflip,
@@ -218,6 +241,7 @@ def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, i
     from edgeres.errors import InputError
 
     out = out or model.with_name(f"{model.stem}.ranges.json")
+    outputs_safe({"MODEL": model, "--data": data}, {"--out": out, "--trt-cache": trt_cache})
     for target in (out, trt_cache):
         if target is not None and target.exists() and not force:
             raise InputError(f"{target} already exists; pass --force to overwrite it")
@@ -272,6 +296,7 @@ def quantize(model: Path, ranges_path: Path, out: Path, activations: str, keep_f
 
     from edgeres.quantize import quantize_qdq
 
+    outputs_safe({"MODEL": model, "--ranges": ranges_path}, {"--out": out})
     written = quantize_qdq(model, ranges_path, out=out, activations=activations, keep_fp32=list(keep_fp32),
                            per_channel=not per_tensor, force=force)
     nodes = onnx.load(str(written), load_external_data=False).graph.node
@@ -328,6 +353,7 @@ def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, d
         if plot.suffix.lower() != ".png":
             raise click.BadParameter(f"{plot} must end in .png (the plot is a PNG image)", param_hint="--plot")
         require_matplotlib()  # fail before measuring, not after
+    outputs_safe(artifact_inputs(artifact), {"--out": out, "--report": report, "--plot": plot})
     result = run_bench(artifact, batches=batches, warmup_s=warmup, duration_s=duration, iterations=iterations,
                        transfers=not no_transfers, threads=threads, quiet=quiet_flag(ctx))
     click.echo(bench_table(result))
@@ -386,6 +412,9 @@ def check_cmd(ctx: click.Context, artifact: Path, baseline: Path, data: Path | N
 
     if trial_duration <= 0:
         raise click.BadParameter("must be > 0", param_hint="--trial-duration")
+    outputs_safe({**artifact_inputs(artifact), "--reference": reference, "--data": data,
+                  "--baseline": None if update_baseline else baseline},
+                 {"--junit": junit, "--report": report, "--baseline": baseline if update_baseline else None})
     try:
         tolerances = Tolerances(accuracy_pp=tol_accuracy_pp, reference_ratio=tol_reference,
                                 latency_median=tol_latency, latency_p99=tol_latency)
@@ -500,6 +529,7 @@ def infer(ctx: click.Context, artifact: Path, images: Path, batch: int, top_k: i
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise InputError(f"--out must end in .json or .csv, got {out}")
+    outputs_safe({**artifact_inputs(artifact), "IMAGES": images}, {"--out": out})
     result = infer_folder(artifact, images, batch=batch, top_k=top_k, workers=workers, threads=threads,
                           quiet=quiet_flag(ctx))
     if out is not None:

@@ -110,29 +110,53 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
     Returns:
         The artifact, the chosen backend and why, the ranges used and the verification numbers.
     """
-    from edgeres import backends
-    from edgeres.backends import read_sidecar_for
+    from edgeres.io import check_writable_dir, exclusive_lock
 
     start = time.perf_counter()
     precision = Precision(precision)
     model_path = Path(model_path)
     out_dir = Path(out_dir) if out_dir is not None else model_path.parent
     chosen, reason = choose_backend(backend)
-    onnx_path, exported = _onnx_for(model_path, out_dir=out_dir, force=force, quiet=quiet)
-    card = _servable_card(onnx_path, profile)
-    artifact = out_dir / f"{onnx_path.stem}.{precision.value}{artifact_suffix(chosen)}"
-    if artifact.resolve() == onnx_path.resolve():
-        raise InputError(f"the artifact would overwrite its source {onnx_path}; choose another --out")
-    if artifact.exists() and not sidecar_path(artifact).exists():
+    _check_model_path(model_path)
+    artifact = out_dir / f"{model_path.stem}.{precision.value}{artifact_suffix(chosen)}"
+    if model_path.is_file() and artifact.resolve() == model_path.resolve():
+        raise InputError(f"the artifact would overwrite its source {model_path}; choose another --out")
+    check_writable_dir(out_dir)
+    created = not out_dir.exists()
+    try:
+        with exclusive_lock(artifact, what="artifact"):  # two builds into one --out: the second is refused
+            return _build_locked(model_path, artifact, precision=precision, chosen=chosen, reason=reason,
+                                 calib_dir=calib_dir, calib_method=calib_method, calib_images=calib_images,
+                                 profile=profile, out_dir=out_dir, force=force, threads=threads,
+                                 verify_images=verify_images, quiet=quiet, start=start, **backend_options)
+    finally:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed build leaves no empty --out folder behind
+
+
+def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, chosen: BackendName, reason: str,
+                  calib_dir: Any, calib_method: str, calib_images: int, profile: BatchProfile, out_dir: Path,
+                  force: bool, threads: int | None, verify_images: int, quiet: bool, start: float,
+                  **backend_options: Any) -> BuildResult:
+    from edgeres import backends
+    from edgeres.backends import read_sidecar_for
+    from edgeres.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"MODEL": model_path, "--calib": calib_dir},
+                              {"the artifact": artifact, "its sidecar": sidecar_path(artifact),
+                               "--timing-cache": backend_options.get("timing_cache")})
+    if artifact.exists() and not _made_by_edgeres(artifact):
         raise InputError(f"{artifact} exists and is not an edgeres artifact (no {sidecar_path(artifact).name}); "
                          "move it, or build into another folder with --out")
     if artifact.exists() and not force:
         raise InputError(f"{artifact} already exists; pass --force to rebuild it")
+    onnx_path, exported = _onnx_for(model_path, out_dir=out_dir, force=force, quiet=quiet)
+    card = _servable_card(onnx_path, profile)
     ranges = ranges_path = reused = None
     provenance: dict[str, Any] = {}
     if precision is Precision.INT8:
         ranges, ranges_path, reused = _ranges_for(onnx_path, card, calib_dir=calib_dir, method=calib_method,
-                                                  images=calib_images, out_dir=out_dir, quiet=quiet)
+                                                  images=calib_images, out_dir=out_dir, force=force, quiet=quiet)
         provenance = {"ranges_file": ranges_path.name, "method": ranges.method, "num_images": ranges.num_images,
                       "model_sha256": ranges.model_sha256, "manifest_sha256": ranges.manifest_sha256,
                       "ranges_reused": reused}
@@ -151,13 +175,9 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
 
 def _onnx_for(model_path: Path, *, out_dir: Path, force: bool, quiet: bool) -> tuple[Path, bool]:
     """The FP32 ONNX to build from: the file itself, or the checkpoint exported beside the artifact."""
-    if not model_path.is_file():
-        raise InputError(f"model {model_path} not found; pass an exported .onnx or an edgeres .pt checkpoint")
-    suffix = model_path.suffix.lower()
-    if suffix == ".onnx":
+    _check_model_path(model_path)
+    if model_path.suffix.lower() == ".onnx":
         return model_path, False
-    if suffix not in (".pt", ".pth"):
-        raise InputError(f"cannot build from {model_path}: expected an .onnx model or a .pt checkpoint")
     from edgeres.export import export_onnx
 
     onnx_path = out_dir / f"{model_path.stem}.onnx"
@@ -173,9 +193,42 @@ def _onnx_for(model_path: Path, *, out_dir: Path, force: bool, quiet: bool) -> t
         why = (f"was exported from another checkpoint (sha256 {recorded[:12]}…)" if recorded else
                "does not record which checkpoint it was exported from")
         raise InputError(f"{onnx_path} {why}, not from {model_path}; pass --force to re-export it")
+    if onnx_path.exists() and not _is_export(onnx_path):
+        raise InputError(f"{onnx_path} is in the way of exporting {model_path} and was not written by edgeres (no "
+                         "model card); move it, or build into another folder with --out")
     log.info("exporting %s to %s", model_path, onnx_path)
     export_onnx(model_path, out=onnx_path, force=True, verify=True, quiet=quiet)
     return onnx_path, True
+
+
+def _check_model_path(model_path: Path) -> None:
+    if not model_path.is_file():
+        raise InputError(f"model {model_path} not found; pass an exported .onnx or an edgeres .pt checkpoint")
+    if model_path.suffix.lower() not in (".onnx", ".pt", ".pth"):
+        raise InputError(f"cannot build from {model_path}: expected an .onnx model or a .pt checkpoint")
+
+
+def _made_by_edgeres(path: Path) -> bool:
+    """Whether the artifact file in the way is edgeres's own, which ``--force`` may replace: it has its sidecar,
+    or it is an ONNX carrying the artifact marker (a build interrupted by an older edgeres, a lost sidecar).
+    Anything else, say an `edgeres quantize` output under that name, is the user's."""
+    if sidecar_path(path).exists():
+        return True
+    if path.suffix != ".onnx":
+        return False
+    from edgeres.backends.onnxruntime import is_artifact
+
+    return is_artifact(path)
+
+
+def _is_export(path: Path) -> bool:
+    """Whether an ONNX in the way of an export carries an edgeres model card (so edgeres wrote it)."""
+    from edgeres.card import read_onnx_card
+
+    try:
+        return read_onnx_card(path) is not None
+    except ModelError:
+        return False
 
 
 def _load_onnx(onnx_path: Path) -> Any:
@@ -255,7 +308,7 @@ def _norm(value: Any) -> Any:
 
 
 def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str, images: int, out_dir: Path,
-                quiet: bool) -> tuple[Any, Path, bool]:
+                force: bool, quiet: bool) -> tuple[Any, Path, bool]:
     from calibration import manifest_hash, parse_method
     from calibration.errors import CalibrationError
 
@@ -281,6 +334,9 @@ def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str
             log.info("reusing ranges %s (same model, method, options, %d images, calibration set)", candidate,
                      len(chosen))
             return ranges, candidate, True
+    if path.exists() and not force:  # a ranges file that does not fit is the user's until --force says otherwise
+        raise InputError(f"{path} exists but does not fit this build (another model, method, image count or "
+                         "calibration set: see the log); pass --force to recalibrate and replace it, or move it")
     ranges = calibrate(onnx_path, data=calib_dir, method=method, images=len(chosen),
                        batch_size=min(DEFAULT_BATCH, len(chosen)), seed=CALIB_SEED, quiet=quiet)
     try:

@@ -39,6 +39,44 @@ def atomic_path(target: str | os.PathLike[str], *, force: bool = True) -> Iterat
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def exclusive_lock(target: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
+    """Hold ``.<target>.lock`` beside ``target`` (an ``fcntl`` lock, released even if the process is killed) while
+    the block writes ``target``; a second writer is refused at once instead of silently replacing the first's file.
+    The lock file is removed on the way out.
+
+    Raises:
+        InputError: another process holds the lock; the message names the target and the lock file.
+    """
+    import fcntl
+
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(f"another edgeres command is writing {what} {target} right now (lock {lock.name}); "
+                             "wait for it to finish, or write to another --out") from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock a fresh one
+            fresh = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            fresh = False
+        if fresh:
+            break
+        os.close(fd)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

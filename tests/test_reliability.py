@@ -186,3 +186,99 @@ def test_a_sidecar_whose_class_names_were_edited_is_refused(tmp_path: Path, imag
         from edgeres import backends
 
         backends.open(art)
+
+
+# --- 3. never write over the user's files ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, images: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rel-built")
+    model = make_tiny_onnx(root / "m.onnx")
+    art = build_artifact(model, precision="fp32", calib_dir=images, verify_images=0, quiet=True).artifact
+    assert invoke("calibrate", model, "--data", images, "--images", "8", "--batch", "4").exit_code == 0
+    ckpt = _checkpoint(root / "c.pt", seed=1)
+    base = root / "base.json"
+    assert invoke("check", art, "--baseline", base, "--data", images, "--update-baseline", "--no-latency"
+                  ).exit_code == 0
+    return {"root": root, "model": model, "art": art, "ranges": root / "m.ranges.json", "ckpt": ckpt,
+            "base": base}
+
+
+@pytest.mark.parametrize("args, victim", [
+    (["calibrate", "{model}", "--data", "{images}", "--out", "{model}", "--force"], "model"),
+    (["calibrate", "{model}", "--data", "{images}", "--out", "{ranges}", "--trt-cache", "{ranges}", "--force"],
+     "ranges"),
+    (["quantize", "{model}", "--ranges", "{ranges}", "--out", "{ranges}", "--force"], "ranges"),
+    (["quantize", "{model}", "--ranges", "{ranges}", "--out", "{model}", "--force"], "model"),
+    (["export", "{ckpt}", "--out", "{ckpt}", "--force"], "ckpt"),
+    (["infer", "{art}", "{images}", "--out", "{art}.json"], "art"),
+    (["bench", "{art}", "--iterations", "1", "--out", "{art}.json"], "art"),
+    (["bench", "{art}", "--iterations", "1", "--report", "{art}"], "art"),
+    (["check", "{art}", "--baseline", "{base}", "--no-latency", "--junit", "{base}"], "base"),
+    (["check", "{art}", "--baseline", "{art}", "--data", "{images}", "--update-baseline"], "art"),
+])
+def test_no_command_writes_over_its_own_inputs(args: list[str], victim: str, built: dict[str, Path],
+                                               images: Path) -> None:
+    names = {**built, "images": images}
+    watched = {p: p.read_bytes() for p in built["root"].iterdir() if p.is_file()}
+    res = invoke(*[a.format(**names) for a in args])
+    assert res.exit_code in (1, 2), res.output
+    one_line_error(res, exit_code=res.exit_code)
+    assert "input of this command" in res.output or "are the same file" in res.output, res.output
+    assert {p: p.read_bytes() for p in watched} == watched  # no user file changed, the victim included
+    assert not [p for p in built["root"].iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_stale_method_ranges_file_is_not_replaced_without_force(built: dict[str, Path], images: Path,
+                                                                   tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    shutil.copy(built["model"], model)
+    stale = tmp_path / "m.minmax.ranges.json"
+    shutil.copy(built["ranges"], stale)
+    data = json.loads(stale.read_text())
+    data["method"], data["num_images"] = "minmax", 3  # another image count: it does not fit this build
+    stale.write_text(json.dumps(data))
+    before = stale.read_bytes()
+    with pytest.raises(InputError, match="m.minmax.ranges.json exists but does not fit this build .* --force"):
+        build_artifact(model, precision="int8", calib_dir=images, calib_method="minmax", calib_images=8,
+                       verify_images=0, quiet=True)
+    assert stale.read_bytes() == before
+    assert not (tmp_path / "m.int8.onnx").exists()
+    result = build_artifact(model, precision="int8", calib_dir=images, calib_method="minmax", calib_images=8,
+                            verify_images=0, force=True, quiet=True)
+    assert result.ranges == stale and json.loads(stale.read_text())["num_images"] == 8
+
+
+def test_a_second_build_into_the_same_out_is_refused_while_the_first_runs(built: dict[str, Path], images: Path,
+                                                                          tmp_path: Path) -> None:
+    from edgeres.io import exclusive_lock
+
+    target = tmp_path / "m.fp32.onnx"
+    with exclusive_lock(target, what="artifact") as lock:  # as the first build holds it
+        assert lock.exists()
+        with pytest.raises(InputError, match="another edgeres command is writing artifact .* right now"):
+            build_artifact(built["model"], precision="fp32", out_dir=tmp_path, verify_images=0, quiet=True)
+        assert not target.exists()
+    assert not lock.exists()  # removed on exit
+    build_artifact(built["model"], precision="fp32", out_dir=tmp_path, verify_images=0, quiet=True)
+    assert target.is_file() and not lock.exists()
+
+
+def test_force_rebuilds_edgeres_artifacts_but_never_a_users_file(built: dict[str, Path], images: Path,
+                                                                 tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    shutil.copy(built["model"], model)
+    art = build_artifact(model, precision="fp32", verify_images=0, quiet=True).artifact
+    sidecar_path(art).unlink()  # e.g. lost by an interrupted copy: the marker inside still says edgeres built it
+    with pytest.raises(InputError, match="already exists; pass --force"):
+        build_artifact(model, precision="fp32", verify_images=0, quiet=True)
+    build_artifact(model, precision="fp32", verify_images=0, force=True, quiet=True)
+    assert sidecar_path(art).is_file()
+    # a quantize output in the artifact's place carries the card but is the user's: never replaced
+    mine = tmp_path / "m.int8.onnx"
+    assert invoke("quantize", model, "--ranges", built["ranges"], "--out", mine).exit_code == 0
+    before = mine.read_bytes()
+    with pytest.raises(InputError, match="not an edgeres artifact"):
+        build_artifact(model, precision="int8", calib_dir=images, calib_images=8, verify_images=0, force=True,
+                       quiet=True)
+    assert mine.read_bytes() == before

@@ -144,47 +144,69 @@ def build(onnx_path: str | Path, *, precision: Precision | str, out: str | Path,
     src, out = Path(onnx_path), Path(out)
     if out.suffix != ".onnx":
         raise InputError(f"an ONNX Runtime artifact must end in .onnx, got {out}")
+    if precision is Precision.INT8 and ranges is None:
+        raise InputError(f"int8 needs calibration ranges for {src}; pass --calib DIR or a ranges file")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Artifact and sidecar are one unit: the artifact is built under a hidden name, the sidecar written first and
+    # the artifact renamed into place last, so no interruption leaves an artifact that nothing vouches for.
+    staging = out.with_name(f".{out.stem}.{os.getpid()}.building.onnx")
     int8: dict[str, Any] = {}
-    if precision is Precision.FP32:
-        _optimise(src, out, card)
-    elif precision is Precision.FP16:
-        from edgeres.quantize import to_fp16
+    try:
+        if precision is Precision.FP32:
+            _optimise(src, staging, card)
+        elif precision is Precision.FP16:
+            from edgeres.quantize import to_fp16
 
-        with atomic_path(out) as tmp:
-            to_fp16(src, tmp)
-            _reattach_card(tmp, card)
-    else:
-        if ranges is None:
-            raise InputError(f"int8 needs calibration ranges for {src}; pass --calib DIR or a ranges file")
-        from edgeres.quantize import quantize_qdq
+            to_fp16(src, staging)
+        else:
+            from edgeres.quantize import quantize_qdq
 
-        with atomic_path(out) as tmp:
-            quantize_qdq(src, ranges, out=tmp, activations="u8")
-            _reattach_card(tmp, card)
-        int8 = {"mode": "explicit", "activations": "u8", **(int8_provenance or {})}
-    _session(out, session_options(threads=1), ["CPUExecutionProvider"])  # proves it loads before we vouch for it
-    sidecar = Sidecar(
-        backend=NAME, precision=precision.value, card=card, artifact_file=out.name,
-        artifact_sha256=sha256_file(out), source_onnx_sha256=source_onnx_sha256, backend_version=ort_version(),
-        profile={"min": profile.min, "opt": profile.opt, "max": profile.max}, int8=int8,
-        fingerprint={"onnxruntime": ort_version(), "providers": default_providers()},
-        options={"threads": threads}, edgeres_version=__version__,
-    )
-    write_sidecar(out, sidecar)
+            quantize_qdq(src, ranges, out=staging, activations="u8")
+            int8 = {"mode": "explicit", "activations": "u8", **(int8_provenance or {})}
+        _mark(staging, card, precision)
+        _session(staging, session_options(threads=1), ["CPUExecutionProvider"])  # it loads before we vouch for it
+        sidecar = Sidecar(
+            backend=NAME, precision=precision.value, card=card, artifact_file=out.name,
+            artifact_sha256=sha256_file(staging), source_onnx_sha256=source_onnx_sha256,
+            backend_version=ort_version(), profile={"min": profile.min, "opt": profile.opt, "max": profile.max},
+            int8=int8, fingerprint={"onnxruntime": ort_version(), "providers": default_providers()},
+            options={"threads": threads}, edgeres_version=__version__,
+        )
+        write_sidecar(out, sidecar)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            staging.unlink()
     log.info("built %s (%s, onnxruntime %s)", out, precision.value, ort_version())
     return sidecar
 
 
-def _reattach_card(path: Path, card: ModelCard) -> None:
-    """Make sure a file written by another tool still carries the card (rewrites it only when missing)."""
+ARTIFACT_METADATA_KEY = "edgeres.artifact"  # marks an ONNX file as an artifact edgeres built (--force may replace it)
+
+
+def _mark(path: Path, card: ModelCard, precision: Precision) -> None:
+    """Give a freshly built ONNX the model card and the artifact marker (one load and save)."""
     import onnx
 
-    from edgeres.card import card_from_onnx
-
     model = onnx.load(str(path))
-    if card_from_onnx(model) is None:
-        _save_with_card(model, path, card)
+    for prop in list(model.metadata_props):
+        if prop.key == ARTIFACT_METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ARTIFACT_METADATA_KEY, f"{NAME}/{precision.value}"
+    _save_with_card(model, path, card)
+
+
+def is_artifact(path: str | Path) -> bool:
+    """Whether ``path`` is an ONNX file that edgeres built as an artifact (it carries the marker)."""
+    from edgeres.card import load_onnx
+    from edgeres.errors import EdgeresError
+
+    try:
+        model = load_onnx(path)
+    except EdgeresError:
+        return False
+    return any(prop.key == ARTIFACT_METADATA_KEY for prop in model.metadata_props)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
