@@ -31,8 +31,8 @@ def test_recorded_surface_has_what_the_gpu_layer_is_built_on(version: str) -> No
     assert classes["device_attribute"]["enum_members"]["INTEGRATED"] == 18  # CU_DEVICE_ATTRIBUTE_INTEGRATED
     assert classes["LogicError"]["bases"] == ["pycuda._driver.Error"]
     assert {"pagelocked_empty", "memcpy_htod_async", "mem_get_info"} <= set(surface["functions"])
-    assert any("make_context( (Device)self [, (int)flags=0])" in s for s in classes["Device"]["methods"]["make_context"])
-    assert "cuCtxCreate_v2" in surface["source"]["stubbed_symbols"] or "cuCtxCreate" in surface["source"]["stubbed_symbols"]
+    assert classes["Device"]["methods"]["make_context"] == ["make_context( (Device)self [, (int)flags=0]) -> Context"]
+    assert {"cuCtxCreate_v2", "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2"} <= set(surface["source"]["stubbed_symbols"])
 
 
 @pytest.mark.parametrize("version", PYCUDA_VERSIONS)

@@ -35,18 +35,20 @@ OUT_DIR = ROOT / "tests" / "pycuda_api"
 CACHE = ROOT / ".pycuda_build"
 
 # (pycuda version, wheels whose include/ dirs give the CUDA headers pycuda's default build needs: cuda.h,
-# cudaProfiler.h, curand.h and the crt/ headers that curand.h's cuda_runtime.h includes). 2022.2.x predates CUDA 12 (it wraps texture references, which CUDA 12's cuda.h
-# removed), so it is built against CUDA 11.8's headers.
+# cudaProfiler.h, curand.h and the crt/ headers that curand.h's cuda_runtime.h includes, numpy). 2022.2.x
+# predates CUDA 12 (it wraps texture references, which CUDA 12's cuda.h removed), so it is built against
+# CUDA 11.8's headers.
 CU11 = ("nvidia-cuda-runtime-cu11==11.8.89", "nvidia-cuda-profiler-api-cu11==11.8.86", "nvidia-curand-cu11==10.3.0.86",
         "nvidia-cuda-nvcc-cu11==11.8.89")
 CU12 = ("nvidia-cuda-runtime-cu12==12.9.79", "nvidia-cuda-profiler-api-cu12==12.9.79", "nvidia-curand-cu12==10.3.10.19",
         "nvidia-cuda-nvcc-cu12==12.9.86")
+# 2022.2.x also predates numpy 2 (its setup looks for numpy/core/include), so its venv gets numpy 1.x.
 VERSIONS = [
-    ("2022.2.2", CU11),
-    ("2026.1", CU12),
+    ("2022.2.2", CU11, "numpy<2"),
+    ("2026.1", CU12, "numpy"),
 ]
-# what the scratch venv needs to build pycuda and import pycuda.driver
-BUILD_REQUIREMENTS = ["setuptools", "wheel", "numpy", "pytools", "platformdirs", "mako"]
+# what a scratch venv needs, besides numpy, to build pycuda and import pycuda.driver
+BUILD_REQUIREMENTS = ["setuptools", "wheel", "pytools", "platformdirs", "mako"]
 
 SYSTEM_SYMBOL = re.compile(r"^(_?Py|__gmon_start__|_ITM_|_ZGTt|dl(open|close|sym|error)$|pthread_|__pthread_)")
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -58,13 +60,13 @@ def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kwargs)  # type: ignore[arg-type]
 
 
-def scratch_venv(cache: Path) -> Path:
+def scratch_venv(cache: Path, numpy: str) -> Path:
     """A venv (never the project's) with what building and importing pycuda needs; returns its python."""
-    venv = cache / "venv"
+    venv = cache / ("venv" if numpy == "numpy" else "venv-" + re.sub(r"\W+", "", numpy))
     python = venv / "bin" / "python"
     if not python.exists():
         _run([sys.executable, "-m", "venv", str(venv)])
-        _run([str(python), "-m", "pip", "install", "-q", *BUILD_REQUIREMENTS])
+        _run([str(python), "-m", "pip", "install", "-q", numpy, *BUILD_REQUIREMENTS])
     return python
 
 
@@ -146,8 +148,8 @@ def undefined_symbols(extension: Path) -> list[str]:
     return sorted(symbols)
 
 
-def surface_of(version: str, headers: tuple[str, ...], cache: Path) -> dict:
-    python = scratch_venv(cache)
+def surface_of(version: str, headers: tuple[str, ...], numpy: str, cache: Path) -> dict:
+    python = scratch_venv(cache, numpy)
     include = cuda_headers(python, headers, cache)
     wheel = build_wheel(python, version, include, cache)
     with tempfile.TemporaryDirectory(prefix=f"pycuda-{version}-site-") as tmp:
@@ -169,7 +171,8 @@ def surface_of(version: str, headers: tuple[str, ...], cache: Path) -> dict:
         out = _run([str(python), __file__, "--dump"], capture_output=True, text=True, env=env, cwd=tmp).stdout
     surface = json.loads(out)
     surface["source"] = {"requirement": f"pycuda=={version}", "sdist": f"pycuda-{version}.tar.gz",
-                         "wheel": wheel.name, "cuda_headers": list(headers), "cuda_version": cuda_version_of(include),
+                         "wheel": wheel.name, "cuda_headers": list(headers), "numpy": numpy,
+                         "cuda_version": cuda_version_of(include),
                          "stubbed_symbols": symbols,
                          "how": "built here with tools/pycuda_api_surface.py against stub libcuda/libcurand; "
                                 "introspected with no CUDA driver (cuInit never called)"}
@@ -277,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(dump(), sys.stdout, sort_keys=True)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    for version, headers in VERSIONS:
+    for version, headers, numpy in VERSIONS:
         if args.only and version not in args.only:
             continue
-        surface = surface_of(version, headers, args.cache.resolve())
+        surface = surface_of(version, headers, numpy, args.cache.resolve())
         path = args.out / f"{version}.json"
         path.write_text(json.dumps(surface, indent=1, sort_keys=True) + "\n")
         n_members = sum(len(c["methods"]) + len(c["properties"]) + len(c.get("enum_members", {}))
