@@ -385,24 +385,28 @@ def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, d
 @click.option("--tol-latency", default=0.10, show_default=True, type=click.FloatRange(min=0),
               help="Largest allowed growth of median and p99 latency (0.10 = +10%).")
 @click.option("--no-latency", is_flag=True, help="Skip latency: accuracy only (fast).")
-@click.option("--side-by-side", is_flag=True,
-              help="Time the baseline's artifact (still on disk) in alternating trials with ARTIFACT and compare "
-                   "with those, not the stored samples: machine drift cancels out.")
+@click.option("--side-by-side/--no-side-by-side", default=None,
+              help="Time the baseline's artifact in alternating rounds with ARTIFACT and compare with those, not the "
+                   "stored samples: machine drift cancels out [on whenever the baseline's artifact is on disk, "
+                   "unchanged, and is another file than ARTIFACT].")
 @click.option("--batch", "batches",
               help="Batch sizes for latency [the baseline's; new baseline: 1 and the profile's opt].")
 @click.option("--trials", default=5, show_default=True, type=click.IntRange(min=1),
               help="Alternating latency trials (more trials: narrower intervals, fewer inconclusive verdicts).")
-@click.option("--trial-duration", default="300ms", show_default=True, callback=_duration_option,
-              help="Timed wall time per trial and batch size.")
+@click.option("--trial-duration", default="500ms", show_default=True, callback=_duration_option,
+              help="Timed wall time per trial and batch size (the artifact and its probe alternate in it).")
 @click.option("--threads", type=click.IntRange(min=1), help="Backend worker threads [physical cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON instead of a table.")
 @click.pass_context
 def check_cmd(ctx: click.Context, artifact: Path, baseline: Path, data: Path | None, reference: Path | None,
               update_baseline: bool, allow_mismatch: bool, junit: Path | None, report: Path | None,
               tol_accuracy_pp: float, tol_reference: float, tol_latency: float, no_latency: bool,
-              side_by_side: bool, batches: str | None, trials: int, trial_duration: float, threads: int | None,
+              side_by_side: bool | None, batches: str | None, trials: int, trial_duration: float, threads: int | None,
               as_json: bool) -> None:
     """Gate ARTIFACT against a baseline: accuracy and latency, each PASS / FAIL / INCONCLUSIVE.
+
+    Latency is judged relative to a machine-speed probe timed beside ARTIFACT in both runs (or side by side with
+    the baseline's artifact), so a busier machine gives INCONCLUSIVE, not FAIL; each row says why.
 
     Exit status: 0 pass, 1 regression, 2 usage or input error, 3 inconclusive (latency too noisy to tell).
     """

@@ -1,7 +1,10 @@
 """Baselines of the regression gate: the JSON file, reading and writing it, and matching it with a new measurement.
 
 A baseline holds the artifact's identity (hashes, backend), its environment (device, versions) and the raw
-measurements (accuracy on a named dataset, every per-trial latency sample). :mod:`edgeres.check` compares with one
+measurements (accuracy on a named dataset, every per-trial latency sample). Format 2 adds, beside the latency
+trials, the machine-speed probe timed in the same rounds (its recipe per batch size and its samples) and the
+machine's state during the trials (load average, busy and steal fractions, CPU); format 1 files still load, and
+their latency is judged without load normalisation. :mod:`edgeres.check` compares with one
 only when it was recorded for the same artifact, model, device and dataset::
 
     base = load_baseline("baseline.json")
@@ -24,7 +27,7 @@ from edgeres.io import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2
 _IDENTITY = (("artifact sha256", "sha256"), ("model sha256", "model_sha256"), ("backend", "backend"))
 _NOTED_ENV = ("backend_version", "threads", "power_mode", "clocks", "edgeres_version", "gpu_name")
 
@@ -40,7 +43,9 @@ class Baseline:
     artifact: ArtifactInfo
     environment: Environment
     accuracy: dict[str, Any] | None = None  # {"data": {...}, "top1", "top5", "reference": {...}, "agreement"}
-    latency: dict[str, Any] | None = None  # {"trials": {"1": [[ms, ...], ...]}, "settings": {...}}
+    # {"trials": {"1": [[ms, ...], ...]}, "settings": {...}, "probe": {"specs": {"1": {...}}, "trials": {"1": [[ms,
+    # ...], ...]}}, "machine": {"before": {...}, "after": {...}, "fractions": {...}}}
+    latency: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     @property
@@ -51,6 +56,18 @@ class Baseline:
         if not self.latency:
             return {}
         return {int(b): [list(map(float, t)) for t in trials] for b, trials in self.latency["trials"].items()}
+
+    def probe_trials(self) -> dict[int, list[list[float]]] | None:
+        """The probe's samples per batch size, or None when the baseline has no probe (format 1)."""
+        probe = (self.latency or {}).get("probe")
+        if not probe:
+            return None
+        return {int(b): [list(map(float, t)) for t in trials] for b, trials in probe["trials"].items()}
+
+    def probe_specs(self) -> dict[int, dict[str, Any]]:
+        """The probe's recipe per batch size (see :class:`edgeres.probe.ProbeSpec`); empty without a probe."""
+        probe = (self.latency or {}).get("probe") or {}
+        return {int(b): dict(spec) for b, spec in probe.get("specs", {}).items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": BASELINE_FORMAT, "kind": "edgeres.baseline", "created": self.created,
@@ -156,6 +173,16 @@ def baseline_artifact(base: Baseline | None) -> Path:
         raise GateInputError(f"--side-by-side: {path} changed since the baseline was written (sha256 differs); "
                              "restore it or compare with the stored samples")
     return path
+
+
+def find_baseline_artifact(base: Baseline) -> tuple[Path | None, str]:
+    """The baseline's artifact when it is on disk and unchanged, else None; and a sentence saying which."""
+    path = Path(base.artifact.path)
+    if not path.is_file():
+        return None, f"the baseline's artifact {path} is not on disk"
+    if sha256_file(path) != base.artifact.sha256:
+        return None, f"the baseline's artifact {path} changed since the baseline was written"
+    return path, f"the baseline's artifact {path} is on disk"
 
 
 def match_accuracy_inputs(base: Baseline, now: Baseline, *, allow_mismatch: bool) -> list[str]:

@@ -1,10 +1,11 @@
 """The regression gate: measure an artifact again and compare it with a stored baseline.
 
 Accuracy (top-1/top-5 on a labelled folder, and, given the FP32 reference model, MLPerf's rule that the artifact
-keeps at least 99 % of the reference's top-1) is deterministic, so it is compared directly. Latency is noisy, so
-it is measured in several trials that alternate between batch sizes; the baseline keeps every raw per-trial
-sample, and each latency statistic is judged by a seeded bootstrap interval of the ratio now / baseline:
-FAIL only when the whole interval lies beyond the tolerance, PASS only when it lies within, else INCONCLUSIVE.
+keeps at least 99 % of the reference's top-1) is deterministic, so it is compared directly. Latency is noisy and the
+machine may be busier than on the baseline's day, so it is measured in trials that alternate with a machine-speed
+probe, or with the baseline's artifact itself when it is still on disk (side by side, the default then), and
+judged by :mod:`edgeres.latency_gate`: FAIL only when a regression stands out of both the noise and the machine's
+change of speed, PASS only when the artifact is within tolerance beyond both, else INCONCLUSIVE with the reason.
 
 Exit codes (:attr:`CheckResult.exit_code`): 0 pass, 1 regression, 2 usage/input error, 3 inconclusive::
 
@@ -19,25 +20,24 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from edgeres.backends.base import Runner
 from edgeres.baseline import (  # Baseline, BASELINE_FORMAT, BaselineMismatch, load_baseline: re-exported
-    BASELINE_FORMAT, Baseline, BaselineMismatch, baseline_artifact, load_baseline, match_accuracy_inputs,
-    match_identity, save_baseline,
+    BASELINE_FORMAT, Baseline, BaselineMismatch, baseline_artifact, find_baseline_artifact, load_baseline,
+    match_accuracy_inputs, match_identity, save_baseline,
 )
-from edgeres.bench import (
-    ArtifactInfo, describe_artifact, input_batch, parse_batches, runner_environment, split_by_profile, time_calls,
-)
+from edgeres.bench import ArtifactInfo, describe_artifact, parse_batches, runner_environment, split_by_profile
 from edgeres.errors import GateInputError  # re-exported
 from edgeres.io import sha256_file
+from edgeres.latency_gate import (  # measure_latency: re-exported
+    Judgement, judge_latency, machine_note, measure_latency, size_probes,
+)
+from edgeres.probe import ProbeSpec, open_probe
 from edgeres.provenance import check_reference
-from edgeres.stats import Verdict, judge, pooled_statistic, ratio_ci
+from edgeres.stats import Verdict, pooled_statistic
 
 log = logging.getLogger(__name__)
-
-TRIAL_MIN_ITERATIONS = 20  # per trial and batch size: 5 trials then give p99 at least 100 samples to stand on
-TRIAL_MAX_ITERATIONS = 1000  # enough for median and p99; keeps the baseline small and the bootstrap ~1 s
 
 
 @dataclass(frozen=True)
@@ -153,36 +153,6 @@ def evaluate(artifact: str | Path, data: str | Path, *, batch: int = 8, referenc
     return result
 
 
-# --- latency --------------------------------------------------------------------------------------------------
-
-def measure_latency(runners: Sequence[Runner], *, batches: Sequence[int], trials: int = 5,
-                    trial_duration_s: float | None = 0.3, trial_iterations: int | None = None, warmup_s: float = 0.5,
-                    transfers: bool = True, quiet: bool = False) -> list[dict[int, list[list[float]]]]:
-    """Per-call latencies (ms) of each runner, ``{batch: [trial samples, ...]}``, in ``trials`` rounds.
-
-    Each round times every runner at every batch size once, in alternating order (forward, then backward), so
-    slow drifts of the machine touch every runner and batch size alike.
-    """
-    from edgeres.progress import Progress
-
-    if trials < 1:
-        raise GateInputError(f"trials must be at least 1, got {trials}")
-    jobs = [(i, b) for i in range(len(runners)) for b in batches]
-    inputs = {b: input_batch(runners[0].card, b) for b in batches}
-    for i, b in jobs:  # warm every runner and shape once
-        time_calls(runners[i], inputs[b], iterations=1, warmup_s=warmup_s / max(1, len(jobs)))
-    out: list[dict[int, list[list[float]]]] = [{b: [] for b in batches} for _ in runners]
-    with Progress(trials * len(jobs), "latency trials", unit="loop", quiet=quiet) as bar:
-        for t in range(trials):
-            for i, b in (jobs if t % 2 == 0 else list(reversed(jobs))):
-                calls = time_calls(runners[i], inputs[b], duration_s=None if trial_iterations else trial_duration_s,
-                                   iterations=trial_iterations, transfers=transfers,
-                                   min_iterations=TRIAL_MIN_ITERATIONS, max_iterations=TRIAL_MAX_ITERATIONS)
-                out[i][b].append([round(x, 5) for x in calls.latency_ms])
-                bar.update(1, batch=b)
-    return out
-
-
 # --- the gate -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -252,34 +222,32 @@ def _accuracy_rows(base: dict[str, Any], now: dict[str, Any], tol: Tolerances) -
     return rows
 
 
-def _latency_rows(base: dict[int, list[list[float]]], now: dict[int, list[list[float]]], tol: Tolerances,
-                  seed: int) -> list[Row]:
+def _latency_rows(judgements: list[Judgement]) -> list[Row]:
     rows = []
-    for b in sorted(now):
-        for stat, limit in (("median", tol.latency_median), ("p99", tol.latency_p99)):
-            ci = ratio_ci(base[b], now[b], statistic=stat, confidence=tol.confidence, seed=seed)
-            verdict = judge(ci, tolerance=limit)
-            change = (f"{100 * (ci.ratio - 1):+.1f}% [{100 * (ci.low - 1):+.1f}, {100 * (ci.high - 1):+.1f}]")
-            rows.append(Row(f"latency {stat} b{b}", pooled_statistic(base[b], stat), pooled_statistic(now[b], stat),
-                            "ms", change, f"<= +{100 * limit:g}%", verdict,
-                            f"{stat} ratio {ci.ratio:.3f}, {100 * ci.confidence:g}% CI [{ci.low:.3f}, {ci.high:.3f}] "
-                            f"vs limit {1 + limit:.3f} ({len(now[b])} trials now, {len(base[b])} in baseline)"))
+    for j in judgements:
+        if j.ci is None:
+            change = "-"
+        else:
+            change = f"{100 * (j.ci.ratio - 1):+.1f}% [{100 * (j.ci.low - 1):+.1f}, {100 * (j.ci.high - 1):+.1f}]"
+        band = max(j.machine, 1 / j.machine)
+        tolerance = f"<= +{100 * j.tolerance:g}%" + (f" x{band:.2f} machine" if band > 1.0005 else "")
+        rows.append(Row(j.metric, j.baseline_ms, j.now_ms, "ms", change, tolerance, j.verdict, j.reason))
     return rows
 
 
-def _open(artifact: str | Path, threads: int | None) -> Runner:
+def _open(artifact: str | Path, threads: int | None, *, spinning: bool = True) -> Runner:
     from edgeres import backends
 
-    return backends.open(artifact, threads=threads) if threads else backends.open(artifact)
+    return backends.open(artifact, threads=threads, spinning=spinning)
 
 
 def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None = None,
           reference: str | Path | None = None, tolerances: Tolerances = Tolerances(), update_baseline: bool = False,
           allow_mismatch: bool = False, latency: bool = True, batches: Sequence[int] | str | None = None,
-          trials: int = 5, trial_duration_s: float | None = 0.3, trial_iterations: int | None = None,
+          trials: int = 5, trial_duration_s: float | None = 0.5, trial_iterations: int | None = None,
           warmup_s: float = 0.5, transfers: bool = True, threads: int | None = None, seed: int = 0,
-          side_by_side: bool = False, runner: Runner | None = None, baseline_runner: Runner | None = None,
-          quiet: bool = False) -> CheckResult:
+          side_by_side: bool | None = None, runner: Runner | None = None, baseline_runner: Runner | None = None,
+          probe: bool | Mapping[int, Any] = True, quiet: bool = False) -> CheckResult:
     """Measure ``artifact`` and compare it with ``baseline`` (or write the baseline).
 
     Args:
@@ -302,10 +270,15 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
         seed: seeds the bootstrap.
         side_by_side: time the baseline's artifact (still on disk, unchanged) in alternating trials with
             ``artifact`` and compare with those timings instead of the stored samples: machine drift between the
-            baseline's day and today cancels out. Accuracy still compares with the baseline.
+            baseline's day and today cancels out. Accuracy still compares with the baseline. None (default): side
+            by side whenever the baseline's artifact is on disk, unchanged, and is another file than ``artifact``
+            (timing a file against itself tells nothing); else the stored samples, normalised by the probe.
         runner: an already open runner for ``artifact`` to time latency with (not closed here); accuracy always
             runs ``artifact`` itself through :func:`edgeres.infer.infer_folder`.
         baseline_runner: with ``side_by_side``, an already open runner for the baseline's artifact.
+        probe: time the machine-speed probe (:mod:`edgeres.probe`) beside the artifact, sized when the baseline
+            is written and rebuilt from it at check time; False leaves it out (the verdict is then not
+            load-normalised); a mapping ``{batch: runner}`` supplies probe runners instead (tests).
         quiet: no progress output.
 
     Returns:
@@ -320,10 +293,11 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                              "--update-baseline")
     base = None if update_baseline else load_baseline(baseline)
     notes: list[str] = []
-    side_trials: dict[int, list[list[float]]] | None = None
+    judgements: list[Judgement] = []
+    spinning = _spinning(base)
     with contextlib.ExitStack() as stack:
         if runner is None:
-            runner = stack.enter_context(_open(artifact, threads))
+            runner = stack.enter_context(_open(artifact, threads, spinning=spinning))
         info = describe_artifact(artifact, runner=runner)
         now = Baseline(artifact=info, environment=runner_environment(runner, info))
         if base is not None:
@@ -341,18 +315,30 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                 notes += match_accuracy_inputs(base, now, allow_mismatch=allow_mismatch)
         if latency and (base is None or base.latency):
             sizes = _latency_batches(batches, base, runner)
+            sbs, why = _side_by_side(side_by_side, base, info)
             runners = [runner]
-            if side_by_side:
-                runners.append(baseline_runner or stack.enter_context(_open(baseline_artifact(base), threads)))
-                notes.append(f"latency measured side by side with the baseline's artifact {base.artifact.path} "
-                             f"in {trials} alternating trials; the stored samples were not used")
-            measured = measure_latency(runners, batches=sizes, trials=trials, trial_duration_s=trial_duration_s,
-                                       trial_iterations=trial_iterations, warmup_s=warmup_s, transfers=transfers,
-                                       quiet=quiet)
-            now.latency = {"trials": {str(b): t for b, t in measured[0].items()},
+            if sbs:
+                runners.append(baseline_runner or stack.enter_context(_open(baseline_artifact(base), threads,
+                                                                            spinning=spinning)))
+            probes = {} if sbs else _probes(probe, base, runner, sizes, artifact, stack, spinning)
+            measured = measure_latency(runners, batches=sizes, probes=probes, trials=trials,
+                                       trial_duration_s=trial_duration_s, trial_iterations=trial_iterations,
+                                       warmup_s=warmup_s, transfers=transfers, quiet=quiet)
+            now.latency = {"trials": {str(b): t for b, t in measured.runners[0].items()},
                            "settings": {"trials": trials, "trial_duration_s": trial_duration_s,
-                                        "trial_iterations": trial_iterations, "transfers": transfers}}
-            side_trials = measured[1] if side_by_side else None
+                                        "trial_iterations": trial_iterations, "transfers": transfers,
+                                        "spinning": spinning},
+                           "machine": measured.machine}
+            if measured.probe is not None:
+                now.latency["probe"] = {"specs": {str(b): _spec_dict(p) for b, p in probes.items()},
+                                        "trials": {str(b): t for b, t in measured.probe.items()}}
+            if base is not None:
+                notes += _latency_notes(sbs, why, base, trials, measured.machine)
+                judgements = judge_latency(
+                    measured.runners[1] if sbs else base.latency_trials(), measured.runners[0],
+                    base_probe=None if sbs else base.probe_trials(), now_probe=measured.probe, side_by_side=sbs,
+                    tolerances={"median": tolerances.latency_median, "p99": tolerances.latency_p99},
+                    confidence=tolerances.confidence, seed=seed)
         elif latency:
             notes.append("the baseline has no latency; latency not compared (rewrite it without --no-latency)")
     if now.accuracy is None and now.latency is None:
@@ -366,9 +352,66 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
     rows: list[Row] = []
     if base is not None and base.accuracy and now.accuracy is not None:
         rows += _accuracy_rows(base.accuracy, now.accuracy, tolerances)
-    if base is not None and now.latency is not None:
-        rows += _latency_rows(side_trials or base.latency_trials(), now.latency_trials(), tolerances, seed)
+    rows += _latency_rows(judgements)
     return CheckResult(info, str(baseline), rows, notes, now)
+
+
+def _side_by_side(asked: bool | None, base: Baseline | None, info: ArtifactInfo) -> tuple[bool, str]:
+    """Whether to time the baseline's artifact beside ``info``'s, and why (for the notes)."""
+    if base is None:
+        return False, ""
+    if asked is not None:
+        return asked, "asked for" if asked else "--no-side-by-side"
+    path, why = find_baseline_artifact(base)
+    if path is not None and base.artifact.sha256 == info.sha256:
+        return False, f"{why}, but it is the artifact being checked (a file timed against itself tells nothing)"
+    return path is not None, why
+
+
+def _spinning(base: Baseline | None) -> bool:
+    """Whether ONNX Runtime's idle threads spin while latency is timed: not for a new baseline (on a shared
+    machine spinning pools fight each other and any neighbour: one artifact measured 2.0-2.4 ms per call without
+    spinning and 2-11 ms with it, alone, under the same load); as recorded for an older baseline (which spun)."""
+    if base is None or not base.latency:
+        return False
+    return bool((base.latency.get("settings") or {}).get("spinning", True))
+
+
+def _probes(probe: bool | Mapping[int, Any], base: Baseline | None, runner: Runner, sizes: list[int],
+            artifact: str | Path, stack: contextlib.ExitStack, spinning: bool) -> dict[int, Any]:
+    """The probe runner of each batch size: given, sized now (new baseline), or rebuilt from the baseline's."""
+    if probe is False:
+        return {}
+    if probe is not True:
+        return {b: probe[b] for b in sizes}
+    if base is None:
+        specs = size_probes(runner, sizes, artifact=artifact, spinning=spinning)
+    else:
+        recorded = base.probe_specs()
+        if not recorded:
+            return {}  # an old baseline: nothing to normalise against
+        specs = {b: ProbeSpec.from_dict(recorded[b]) for b in sizes if b in recorded}
+    return {b: stack.enter_context(open_probe(spec)) for b, spec in specs.items()}
+
+
+def _spec_dict(probe: Any) -> dict[str, Any]:
+    spec = getattr(probe, "spec", None)
+    return spec.to_dict() if isinstance(spec, ProbeSpec) else {"label": type(probe).__name__}
+
+
+def _latency_notes(sbs: bool, why: str, base: Baseline, trials: int, machine: dict[str, Any]) -> list[str]:
+    if sbs:
+        notes = [f"latency measured side by side with the baseline's artifact {base.artifact.path} in {trials} "
+                 f"alternating rounds ({why}); the stored samples were not used"]
+    elif base.probe_trials() is None:
+        notes = [f"latency compared with the stored samples{f' ({why})' if why else ''}; the baseline has no "
+                 "machine-speed probe (written by an older edgeres), so the verdict is NOT load-normalised: "
+                 "rewrite it with --update-baseline"]
+    else:
+        notes = [f"latency compared with the stored samples{f' ({why})' if why else ''}, relative to the "
+                 "machine-speed probe timed beside the artifact in both runs"]
+    line = machine_note((base.latency or {}).get("machine"), machine)
+    return notes + ([line] if line else [])
 
 
 def _resolve_data(data: str | Path | None, base: Baseline | None, reference: str | Path | None) -> Path | None:
@@ -433,8 +476,13 @@ def _measured_rows(now: Baseline) -> list[Row]:
                             Verdict.INFO))
             rows.append(Row("top-1 agreement with reference", None, now.accuracy["agreement"], "%", "-", "-",
                             Verdict.INFO))
+    probe = (now.latency or {}).get("probe") or {}
     for b, trials in now.latency_trials().items():
         for stat in ("median", "p99"):
             rows.append(Row(f"latency {stat} b{b}", None, pooled_statistic(trials, stat), "ms", "-", "-",
                             Verdict.INFO))
+        spec = probe.get("specs", {}).get(str(b))
+        if spec and "size" in spec:
+            rows.append(Row(f"machine-speed probe b{b}", None, pooled_statistic(probe["trials"][str(b)], "median"),
+                            "ms", "-", "-", Verdict.INFO, ProbeSpec.from_dict(spec).label))
     return rows

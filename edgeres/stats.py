@@ -11,6 +11,13 @@ side it reduces to the ordinary bootstrap::
     ci = ratio_ci(baseline_trials, current_trials, statistic="median", seed=0)
     ci.ratio, ci.low, ci.high          # e.g. 1.02, 0.99, 1.05  (current / baseline)
     judge(ci, tolerance=0.10)          # Verdict.PASS: the whole interval lies within +10%
+
+The gate itself judges trial-level values (:func:`trial_values`, :func:`trial_ratio_ci`, :func:`judge_band`): each
+trial's statistic of the artifact, divided by the same trial's statistic of a machine-speed probe timed right beside
+it (or of the baseline's artifact, side by side), the median over trials, and a bootstrap over trials. A trial is
+the unit that shares the machine's state, so resampling trials (a cluster bootstrap) carries both the noise inside a
+trial and the drift between trials; the median over trials is what a burst of contention confined to a minority of
+trials cannot move.
 """
 from __future__ import annotations
 
@@ -174,5 +181,97 @@ def judge(ci: RatioCI, *, tolerance: float) -> Verdict:
     if ci.low > limit:
         return Verdict.FAIL
     if ci.high <= limit:
+        return Verdict.PASS
+    return Verdict.INCONCLUSIVE
+
+
+# --- trial-level comparison (the gate's latency verdict) -------------------------------------------------------
+
+TAIL_MIN_TRIALS = 5  # the median over >= 5 trials outvotes two trials hit by a burst of contention
+TAIL_MIN_CALLS = 200  # per trial: a trial's p99 then sits below >= 2 slower calls, so no single call sets it
+
+
+def trial_values(job: Sequence[Sequence[float]], reference: Sequence[Sequence[float]] | None,
+                 statistic: Statistic | str) -> np.ndarray:
+    """Each trial's ``statistic`` of ``job``, divided by the same statistic of ``reference``'s trial of the same
+    round (a probe, or the baseline's artifact side by side); without a reference, the statistic itself.
+
+    Raises:
+        InputError: on an empty trial, non-positive timings, or trial counts that differ.
+    """
+    stat = Statistic(statistic)
+    mine = _trials(job, "job")
+    values = np.array([float(_stat(t, stat)) for t in mine])
+    if reference is None:
+        return values
+    ref = _trials(reference, "reference")
+    if len(ref) != len(mine):
+        raise InputError(f"{len(mine)} trials of the job but {len(ref)} of its reference; time them in the same rounds")
+    return values / np.array([float(_stat(t, stat)) for t in ref])
+
+
+def trial_ratio_ci(baseline: Sequence[float], current: Sequence[float], *, paired: bool = False,
+                   confidence: float = 0.95, resamples: int = 4000, seed: int = 0) -> RatioCI:
+    """Bootstrap interval of ``median(current) / median(baseline)`` over per-trial values.
+
+    Args:
+        baseline: one value per trial of the baseline (e.g. from :func:`trial_values`).
+        current: one value per trial measured now.
+        paired: ``current`` already holds per-round ratios (side by side: the candidate over the baseline's
+            artifact of the same round); ``baseline`` is then ignored and the ratio is ``median(current)``.
+        confidence: two-sided coverage of the percentile interval, in (0, 1).
+        resamples: bootstrap replicates.
+        seed: seeds the generator, so the same inputs always give the same interval.
+
+    Raises:
+        InputError: on an empty side, non-positive values, or a confidence outside (0, 1).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
+    cur = _values(current, "current")
+    rng = np.random.default_rng(seed)
+
+    def replicates(v: np.ndarray) -> np.ndarray:
+        return np.median(v[rng.integers(0, v.size, size=(resamples, v.size))], axis=1)
+
+    if paired:
+        point, ratios = float(np.median(cur)), replicates(cur)
+    else:
+        base = _values(baseline, "baseline")
+        point = float(np.median(cur) / np.median(base))
+        ratios = replicates(cur) / replicates(base)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return RatioCI(statistic="median over trials", ratio=point, low=float(low), high=float(high),
+                   confidence=confidence, resamples=resamples)
+
+
+def _values(values: Sequence[float], name: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if not v.size:
+        raise InputError(f"{name} has no trials; measure at least one")
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise InputError(f"{name} trial values must be positive finite numbers, got e.g. {v[:3].tolist()}")
+    return v
+
+
+def judge_band(ci: RatioCI, *, tolerance: float, machine: float = 1.0) -> Verdict:
+    """The verdict for "no more than ``tolerance`` slower", when the ratio was normalised by a machine that ran
+    ``machine`` times slower now than at baseline (the probe's ratio; 1.0 side by side or when unknown).
+
+    Contention does not slow every workload alike, so a normalisation by ``machine`` is trusted only to within
+    its own size: the interval is widened by the factor ``max(machine, 1/machine)`` on both sides. FAIL when even
+    the widened interval lies beyond ``1 + tolerance``, PASS when it lies within, else INCONCLUSIVE. With
+    ``machine == 1`` this is :func:`judge`.
+    """
+    if tolerance < 0:
+        raise InputError(f"latency tolerance must be >= 0, got {tolerance}")
+    if not machine > 0 or not np.isfinite(machine):
+        raise InputError(f"the machine-speed ratio must be a positive number, got {machine}")
+    band = max(machine, 1.0 / machine)
+    limit = 1.0 + tolerance
+    if ci.low / band > limit:
+        return Verdict.FAIL
+    if ci.high * band <= limit:
         return Verdict.PASS
     return Verdict.INCONCLUSIVE

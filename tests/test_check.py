@@ -1,5 +1,9 @@
 """edgeres.check: the gate passes a re-run, fails an injected regression (a slower runner, a worse model), says
-inconclusive on overlapping noisy samples, refuses a mismatched baseline; CLI exit codes and JUnit."""
+inconclusive on overlapping noisy samples or a machine that changed speed, refuses a mismatched baseline; records
+the machine-speed probe; side by side by default when the baseline's artifact is on disk; CLI exit codes and JUnit.
+
+Latency tests inject :class:`SleepRunner` artifacts and probes on a virtual clock, so verdicts are deterministic
+on a loaded machine; the decision logic itself is tested on synthetic streams in ``test_latency_gate.py``."""
 from __future__ import annotations
 
 import json
@@ -7,6 +11,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -19,6 +24,18 @@ from test_bench import (  # noqa: F401 - virtual_clock is a fixture
 
 FAST = {"trials": 5, "trial_iterations": 20, "warmup_s": 0.0, "quiet": True}
 CARD = ModelCard(arch="colour", class_names=CLASSES, preprocess=Preprocess.small(size=16))
+
+
+class SleepProbe(SleepRunner):
+    """A machine-speed probe on the virtual clock: a :class:`SleepRunner` with the probe's ``input``."""
+
+    input = np.zeros((1, 1), np.float32)
+
+
+def probes(clock: VirtualClock, *, ms: float = 2.0, machine: float = 1.0, seed: int = 10,
+           batches: tuple[int, ...] = (1, 8)) -> dict[int, SleepProbe]:
+    """One probe per batch size, each call ``ms`` times the machine's slowness."""
+    return {b: SleepProbe(CARD, ms=ms * machine, clock=clock, jitter=0.05, seed=seed + b) for b in batches}
 
 
 @pytest.fixture
@@ -52,39 +69,63 @@ def test_update_baseline_records_identity_environment_and_raw_trials(setup: dict
     trials = data["latency"]["trials"]
     assert sorted(trials) == ["1", "2"] and all(len(t) == 3 and all(len(s) == 20 for s in t) for t in trials.values())
     assert load_baseline(setup["baseline"]).latency_trials()[2][0] == trials["2"][0]
+    assert data["format"] == 2 and data["latency"]["settings"]["spinning"] is False
+    probe = data["latency"]["probe"]  # a real probe, sized per batch and timed in the same trials
+    assert sorted(probe["specs"]) == ["1", "2"]
+    assert all(s["size"] >= 4 and s["depth"] == 4 for s in probe["specs"].values())  # no Conv: the fewest
+    assert all(len(t) == 3 and all(len(s) == 20 for s in t) for t in probe["trials"].values())
+    machine = data["latency"]["machine"]
+    assert machine["before"]["cpu_count"] >= 1 and len(machine["before"]["loadavg"]) == 3
+    assert {r.metric for r in result.rows} >= {"machine-speed probe b1", "machine-speed probe b2"}
 
 
 def test_rerun_of_the_same_artifact_passes(setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
     """Same artifact, same speed, fresh per-call noise (5 % lognormal, another seed): every row passes."""
+    many = {**FAST, "trial_iterations": 200}  # p99 is judged only from >= 200 calls per trial
     check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True, batches=(1, 8),
-          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1), **FAST)
+          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
+          probe=probes(virtual_clock), **many)
     result = check(setup["good"], baseline=setup["baseline"],
-                   runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=2), **FAST)
+                   runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=2),
+                   probe=probes(virtual_clock, seed=20), **many)
     assert _verdicts(result) == {"top-1 accuracy": Verdict.PASS, "top-3 accuracy": Verdict.PASS,
                                  "latency median b1": Verdict.PASS, "latency p99 b1": Verdict.PASS,
                                  "latency median b8": Verdict.PASS, "latency p99 b8": Verdict.PASS}
-    assert result.exit_code == 0 and result.notes == []
+    assert result.exit_code == 0
+    # the baseline's artifact is the one checked: timing it against itself tells nothing, so stored + probe
+    assert any("stored samples" in n and "artifact being checked" in n for n in result.notes)
+    assert any(n.startswith("machine during latency trials: baseline load") for n in result.notes)
+    few = check(setup["good"], baseline=setup["baseline"],
+                runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=2),
+                probe=probes(virtual_clock, seed=20), **FAST)
+    assert _verdicts(few)["latency p99 b1"] is Verdict.INFO and few.exit_code == 0
+    assert "p99 not judged" in next(r.message for r in few.rows if r.metric == "latency p99 b1")
 
 
 def test_slower_runner_is_a_regression(setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
     check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
-          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1), **FAST)
+          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
+          probe=probes(virtual_clock, batches=(1,)), **FAST)
     result = check(setup["good"], baseline=setup["baseline"],
-                   runner=SleepRunner(CARD, ms=4.0, extra_ms=1.0, clock=virtual_clock, jitter=0.05, seed=2), **FAST)
+                   runner=SleepRunner(CARD, ms=4.0, extra_ms=1.0, clock=virtual_clock, jitter=0.05, seed=2),
+                   probe=probes(virtual_clock, batches=(1,), seed=20), **FAST)
     row = next(r for r in result.rows if r.metric == "latency median b1")
     assert row.verdict is Verdict.FAIL and row.now / row.baseline == pytest.approx(1.25, abs=0.05)
-    assert "CI" in row.message and result.exit_code == 1
+    assert "CI" in row.message and "relative to the machine-speed probe" in row.message and result.exit_code == 1
 
 
 def test_small_slowdown_within_tolerance_passes_and_near_it_is_inconclusive(
         setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
     check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
-          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1), **FAST)
+          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
+          probe=probes(virtual_clock, batches=(1,)), **FAST)
     slightly = check(setup["good"], baseline=setup["baseline"],
-                     runner=SleepRunner(CARD, ms=4.12, clock=virtual_clock, jitter=0.05, seed=2), **FAST)
+                     runner=SleepRunner(CARD, ms=4.12, clock=virtual_clock, jitter=0.05, seed=2),
+                     probe=probes(virtual_clock, batches=(1,), seed=20), **FAST)
     assert _verdicts(slightly)["latency median b1"] is Verdict.PASS  # +3 %, well inside +10 %
     at_limit = check(setup["good"], baseline=setup["baseline"],
-                     runner=SleepRunner(CARD, ms=4.4, clock=virtual_clock, jitter=0.05, seed=2), **FAST)
+                     runner=SleepRunner(CARD, ms=4.4, clock=virtual_clock, jitter=0.05, seed=2),
+                     probe=probes(virtual_clock, batches=(1,), seed=20), **FAST)
     assert _verdicts(at_limit)["latency median b1"] is Verdict.INCONCLUSIVE  # +10 %: the data cannot tell
 
 
@@ -92,17 +133,76 @@ def test_real_time_regression_is_caught(setup: dict[str, Path]) -> None:
     """Wall-clock timing (no virtual clock): a tenfold slowdown stands out of any scheduler noise."""
     fast = {**FAST, "trial_iterations": 8}
     check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=2.0),
-          batches=(1,), **fast)
-    result = check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=20.0), **fast)
+          batches=(1,), probe={1: SleepProbe(CARD, ms=2.0)}, **fast)
+    result = check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=20.0),
+                   probe={1: SleepProbe(CARD, ms=2.0)}, **fast)
     assert _verdicts(result)["latency median b1"] is Verdict.FAIL and result.exit_code == 1
+
+
+def test_machine_that_changed_speed_is_inconclusive_never_a_regression(
+        setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
+    """Baseline on a quiet day; today the whole machine runs 1.6x slower (artifact and probe alike). Without the
+    probe the unchanged artifact FAILs, which is the false alarm the probe exists for; with it, INCONCLUSIVE, and
+    the row says the machine changed. A really slower artifact on today's machine does FAIL, once it stands out of
+    the machine's change too."""
+    def run(ms: float, machine: float, seed: int, probe: object):
+        return SleepRunner(CARD, ms=ms * machine, clock=virtual_clock, jitter=0.05, seed=seed)
+
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+          runner=run(4.0, 1.0, 1, None), probe=probes(virtual_clock, batches=(1,)), **FAST)
+    busy = check(setup["good"], baseline=setup["baseline"], runner=run(4.0, 1.6, 2, None),
+                 probe=probes(virtual_clock, machine=1.6, batches=(1,), seed=20), **FAST)
+    row = next(r for r in busy.rows if r.metric == "latency median b1")
+    assert row.verdict is Verdict.INCONCLUSIVE and busy.exit_code == 3
+    assert "probe ran 1.6" in row.message and "machine's change of speed" in row.message
+    quieter = check(setup["good"], baseline=setup["baseline"], runner=run(4.0, 0.6, 2, None),
+                    probe=probes(virtual_clock, machine=0.6, batches=(1,), seed=20), **FAST)
+    assert _verdicts(quieter)["latency median b1"] is Verdict.INCONCLUSIVE
+    slower = check(setup["good"], baseline=setup["baseline"], runner=run(8.0, 1.6, 2, None),
+                   probe=probes(virtual_clock, machine=1.6, batches=(1,), seed=20), **FAST)
+    assert _verdicts(slower)["latency median b1"] is Verdict.FAIL and slower.exit_code == 1
+
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+          runner=run(4.0, 1.0, 1, None), probe=False, **FAST)
+    unnormalised = check(setup["good"], baseline=setup["baseline"], runner=run(4.0, 1.6, 2, None), probe=False,
+                         **FAST)
+    assert _verdicts(unnormalised)["latency median b1"] is Verdict.FAIL
+    assert any("NOT load-normalised" in n for n in unnormalised.notes)
+
+
+def test_old_baseline_without_probe_is_judged_and_says_so(setup: dict[str, Path],
+                                                           virtual_clock: VirtualClock) -> None:
+    """A format-1 baseline (no probe, no machine record, spinning ORT threads) still gates: un-normalised,
+    with a note saying so, and its runner settings kept."""
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
+          probe=probes(virtual_clock, batches=(1,)), **FAST)
+    data = json.loads(setup["baseline"].read_text())
+    data["format"] = 1
+    for key in ("probe", "machine"):
+        del data["latency"][key]
+    del data["latency"]["settings"]["spinning"]
+    setup["baseline"].write_text(json.dumps(data))
+    base = load_baseline(setup["baseline"])
+    assert base.probe_trials() is None and base.probe_specs() == {}
+    same = check(setup["good"], baseline=setup["baseline"],
+                 runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=2), **FAST)
+    assert _verdicts(same)["latency median b1"] is Verdict.PASS
+    assert any("NOT load-normalised" in n and "--update-baseline" in n for n in same.notes)
+    assert same.measured.latency["settings"]["spinning"] is True  # timed as the old baseline was
+    slower = check(setup["good"], baseline=setup["baseline"],
+                   runner=SleepRunner(CARD, ms=8.0, clock=virtual_clock, jitter=0.05, seed=2), **FAST)
+    assert _verdicts(slower)["latency median b1"] is Verdict.FAIL
 
 
 def test_overlapping_noisy_samples_are_inconclusive(setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
     check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
-          runner=SleepRunner(CARD, ms=2.0, clock=virtual_clock, jitter=0.05, seed=1), **FAST)
+          runner=SleepRunner(CARD, ms=2.0, clock=virtual_clock, jitter=0.05, seed=1),
+          probe=probes(virtual_clock, batches=(1,)), **FAST)
     _scale_trials(setup["baseline"], [0.6, 0.8, 1.0, 1.3, 1.6])
     result = check(setup["good"], baseline=setup["baseline"],
-                   runner=SleepRunner(CARD, ms=2.0, clock=virtual_clock, jitter=0.05, seed=2), **FAST)
+                   runner=SleepRunner(CARD, ms=2.0, clock=virtual_clock, jitter=0.05, seed=2),
+                   probe=probes(virtual_clock, batches=(1,), seed=20), **FAST)
     assert _verdicts(result)["latency median b1"] is Verdict.INCONCLUSIVE
     assert result.exit_code == 3
 
@@ -160,7 +260,7 @@ def test_input_errors(setup: dict[str, Path]) -> None:
     with pytest.raises(GateInputError, match="not an edgeres baseline"):
         check(setup["good"], baseline=setup["baseline"], latency=False, quiet=True)
     check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=0.1),
-          batches=(1,), **FAST)
+          batches=(1,), probe=False, **FAST)
     with pytest.raises(GateInputError, match="no accuracy"):
         check(setup["good"], baseline=setup["baseline"], data=setup["data"], latency=False, quiet=True)
     with pytest.raises(GateInputError, match="no latency for batch"):
@@ -254,18 +354,20 @@ def test_side_by_side_cancels_machine_drift(setup: dict[str, Path], virtual_cloc
     unchanged speed looks like a regression; timed side by side with the baseline's artifact it passes, and a
     really slower candidate still fails."""
     check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
-          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1), **FAST)
+          runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
+          probe=probes(virtual_clock, batches=(1,)), **FAST)
 
     def today(ms: float, seed: int) -> SleepRunner:
         return SleepRunner(CARD, ms=ms * 1.3, clock=virtual_clock, jitter=0.05, seed=seed)
 
-    stored = check(setup["worse"], baseline=setup["baseline"], allow_mismatch=True, latency=True,
-                   runner=today(4.0, 2), **FAST)
-    assert _verdicts(stored)["latency median b1"] is Verdict.FAIL
+    stored = check(setup["worse"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=False,
+                   runner=today(4.0, 2), probe=probes(virtual_clock, machine=1.3, batches=(1,), seed=20), **FAST)
+    assert _verdicts(stored)["latency median b1"] is Verdict.INCONCLUSIVE  # the probe saw the machine change
     side = check(setup["worse"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=True,
                  runner=today(4.0, 2), baseline_runner=today(4.0, 3), **FAST)
     assert _verdicts(side)["latency median b1"] is Verdict.PASS
     assert any("side by side" in n for n in side.notes)
+    assert "timed side by side" in next(r.message for r in side.rows if r.metric == "latency median b1")
     slower = check(setup["worse"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=True,
                    runner=today(5.0, 2), baseline_runner=today(4.0, 3), **FAST)
     assert _verdicts(slower)["latency median b1"] is Verdict.FAIL and slower.exit_code == 1
@@ -275,7 +377,7 @@ def test_side_by_side_needs_the_unchanged_baseline_artifact(setup: dict[str, Pat
     copy = setup["tmp"] / "copy.onnx"
     shutil.copy(setup["good"], copy)
     check(copy, baseline=setup["baseline"], update_baseline=True, batches=(1,), runner=SleepRunner(CARD, ms=0.1),
-          **FAST)
+          probe=False, **FAST)
     with pytest.raises(GateInputError, match="cannot be combined"):
         check(copy, baseline=setup["baseline"], update_baseline=True, side_by_side=True, **FAST)
     copy.write_bytes(copy.read_bytes() + b"\0")
@@ -286,12 +388,22 @@ def test_side_by_side_needs_the_unchanged_baseline_artifact(setup: dict[str, Pat
         check(setup["good"], baseline=setup["baseline"], allow_mismatch=True, side_by_side=True, **FAST)
 
 
-def test_cli_side_by_side(setup: dict[str, Path]) -> None:
+def test_cli_side_by_side_is_the_default_when_the_baseline_artifact_is_on_disk(setup: dict[str, Path]) -> None:
     assert _cli(setup["good"], "--baseline", setup["baseline"], "--update-baseline", "--batch", "1", "--trials", "3",
                 "--trial-duration", "20ms").exit_code == 0
-    res = _cli(setup["worse"], "--baseline", setup["baseline"], "--allow-mismatch", "--side-by-side", "--trials", "3",
+    for flag in ("--side-by-side", None):
+        res = _cli(setup["worse"], "--baseline", setup["baseline"], "--allow-mismatch", "--trials", "3",
+                   "--trial-duration", "20ms", "--json", *([flag] if flag else []))
+        assert res.exit_code in (0, 1, 3), res.output
+        verdict = json.loads(res.stdout)
+        assert any("side by side" in n for n in verdict["notes"]), verdict["notes"]
+        assert [r["metric"] for r in verdict["rows"]] == ["latency median b1", "latency p99 b1"]
+    res = _cli(setup["worse"], "--baseline", setup["baseline"], "--allow-mismatch", "--no-side-by-side", "--trials",
+               "3", "--trial-duration", "20ms", "--json")
+    assert res.exit_code in (0, 1, 3), res.output
+    assert any("relative to the machine-speed probe" in n for n in json.loads(res.stdout)["notes"])
+    setup["good"].unlink()  # the baseline's artifact is gone: the stored samples, and a note saying why
+    res = _cli(setup["worse"], "--baseline", setup["baseline"], "--allow-mismatch", "--trials", "3",
                "--trial-duration", "20ms", "--json")
     assert res.exit_code in (0, 1, 3), res.output
-    verdict = json.loads(res.stdout)
-    assert any("side by side" in n for n in verdict["notes"])
-    assert [r["metric"] for r in verdict["rows"]] == ["latency median b1", "latency p99 b1"]
+    assert any("is not on disk" in n and "stored samples" in n for n in json.loads(res.stdout)["notes"])
