@@ -84,7 +84,7 @@ def probe_model(spec: ProbeSpec) -> Any:
     nodes.append(helper.make_node("ReduceMean", [prev], ["y"], keepdims=0))
     graph = helper.make_graph(nodes, "edgeres_probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, spec.size, spec.size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

@@ -1,11 +1,15 @@
-"""edgeres.stats: pooled statistics against numpy, the hierarchical bootstrap's coverage and the verdict rule."""
+"""edgeres.stats: pooled statistics against numpy, the hierarchical bootstrap's coverage and the verdict rule; the
+trial-level values, their bootstrap and the verdict widened by a machine's change of speed."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from edgeres.errors import InputError
-from edgeres.stats import RatioCI, Statistic, Verdict, _nan_statistic, judge, pooled_statistic, ratio_ci
+from edgeres.stats import (
+    RatioCI, Statistic, Verdict, _nan_statistic, judge, judge_band, pooled_statistic, ratio_ci, trial_ratio_ci,
+    trial_values,
+)
 
 KNOWN = [[3.0, 1.0, 4.0, 1.0, 5.0], [9.0, 2.0, 6.0], [5.0, 3.0, 5.0, 8.0]]
 
@@ -105,3 +109,47 @@ def test_bad_inputs_raise_input_errors() -> None:
         ratio_ci([[1.0]], [[1.0]], statistic="p42")
     with pytest.raises(InputError, match="tolerance"):
         judge(_ci(1.0, 1.0), tolerance=-0.1)
+
+
+# --- trial-level comparison ------------------------------------------------------------------------------------
+
+def test_trial_values_divide_each_trial_by_its_reference_trial() -> None:
+    job = [[3.0, 1.0, 2.0], [10.0, 30.0, 20.0, 40.0]]
+    ref = [[1.0, 1.0], [5.0, 5.0, 5.0]]
+    np.testing.assert_allclose(trial_values(job, ref, "median"), [2.0, 5.0])
+    np.testing.assert_allclose(trial_values(job, None, "median"), [2.0, 25.0])
+    np.testing.assert_allclose(trial_values(job, None, "p99"), [np.percentile(j, 99) for j in job])
+    with pytest.raises(InputError, match="same rounds"):
+        trial_values(job, ref[:1], "median")
+
+
+def test_trial_ratio_ci_point_pairing_and_seed() -> None:
+    rng = np.random.default_rng(2)
+    base, cur = rng.lognormal(0, 0.1, 8), 1.3 * rng.lognormal(0, 0.1, 8)
+    ci = trial_ratio_ci(base, cur, seed=3)
+    assert ci.ratio == pytest.approx(np.median(cur) / np.median(base)) and ci.low < ci.ratio < ci.high
+    assert ci == trial_ratio_ci(base, cur, seed=3) != trial_ratio_ci(base, cur, seed=4)
+    paired = trial_ratio_ci([], cur / base, paired=True)
+    assert paired.ratio == pytest.approx(np.median(cur / base)) and paired.low <= paired.ratio <= paired.high
+    with pytest.raises(InputError, match="no trials"):
+        trial_ratio_ci([], [1.0])
+    with pytest.raises(InputError, match="positive finite"):
+        trial_ratio_ci([1.0, 0.0], [1.0])
+
+
+@pytest.mark.parametrize("low, high, machine, verdict", [
+    (0.95, 1.05, 1.0, Verdict.PASS), (1.15, 1.30, 1.0, Verdict.FAIL), (1.05, 1.15, 1.0, Verdict.INCONCLUSIVE),
+    (0.95, 1.05, 1.2, Verdict.INCONCLUSIVE),  # within tolerance, but not beyond the machine's change
+    (1.15, 1.30, 1.2, Verdict.INCONCLUSIVE),  # beyond tolerance, but not beyond the machine's change
+    (1.40, 1.60, 1.2, Verdict.FAIL), (1.40, 1.60, 1 / 1.2, Verdict.FAIL),  # a faster machine widens alike
+    (0.80, 0.90, 1 / 1.2, Verdict.PASS),
+])
+def test_judge_band_widens_by_the_machines_change(low: float, high: float, machine: float, verdict: Verdict) -> None:
+    assert judge_band(_ci(low, high), tolerance=0.10, machine=machine) is verdict
+
+
+def test_judge_band_without_a_machine_change_is_judge() -> None:
+    for low, high in [(0.9, 1.0), (1.05, 1.2), (1.2, 1.3)]:
+        assert judge_band(_ci(low, high), tolerance=0.1) is judge(_ci(low, high), tolerance=0.1)
+    with pytest.raises(InputError, match="machine-speed"):
+        judge_band(_ci(1.0, 1.0), tolerance=0.1, machine=0.0)
