@@ -7,12 +7,15 @@ DEMO   ?= demo
 # The CPU build of torch is pinned here, not in pyproject.toml (which keeps a range), so set-up never pulls a
 # multi-GB CUDA build.
 PIP_INSTALL := $(PY) -m pip install -q -c constraints-cpu.txt
+TRITON_WHEEL := nvidia-pytriton==0.7.0
 
 .PHONY: install test test-fast demo bench clean
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[dev]'
+	@# The Triton server for `edgeres serve` and its tests (55 MB wheel, ~3 s): --no-deps, see pyproject's serve extra.
+	$(PIP_INSTALL) --no-deps $(TRITON_WHEEL)
 	touch $@
 
 install: $(VENV)/.installed

@@ -226,12 +226,14 @@ def _trt_algorithms() -> list[str]:
               help="TensorRT that reads the cache (8.5.2, 8.6, 10.3, ...); its header must match.")
 @click.option("--trt-algorithm", type=click.Choice(_trt_algorithms()),
               help="Calibrator named in the cache header [MinMaxCalibration for minmax, else EntropyCalibration2].")
+@click.option("--equalize", is_flag=True,
+              help="Calibrate the cross-layer range-equalised graph (recorded; quantize/build equalise the same way).")
 @click.option("--force", is_flag=True, help="Replace existing --out / --trt-cache files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, images: int, batch_size: int,
               seed: int, out: Path | None, trt_cache: Path | None, trt_version: str, trt_algorithm: str | None,
-              force: bool, as_json: bool) -> None:
+              equalize: bool, force: bool, as_json: bool) -> None:
     """Compute INT8 ranges of MODEL (an FP32 ONNX) from calibration images."""
     import time
 
@@ -253,7 +255,7 @@ def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, i
             raise InputError(str(exc)) from exc
     start = time.perf_counter()
     ranges = run_calibration(model, data=data, method=method, images=images, batch_size=batch_size, seed=seed,
-                             quiet=quiet_flag(ctx))
+                             quiet=quiet_flag(ctx), equalize=equalize)
     seconds = time.perf_counter() - start
     try:
         ranges.save(out)
@@ -304,6 +306,40 @@ def quantize(model: Path, ranges_path: Path, out: Path, activations: str, keep_f
     size = written.stat().st_size / model.stat().st_size
     click.echo(f"wrote {written} ({activations} activations, {pairs} activation Q/DQ points, "
                f"{size:.2f}x the FP32 size)")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Labelled held-out images: a dataset root (its val/) or class folders [the card's validation set].")
+@click.option("--images", default=500, show_default=True, type=click.IntRange(min=1),
+              help="At most this many labelled images (sampled across classes).")
+@click.option("--calib", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Calibration images [the calibration set recorded in the model card].")
+@click.option("--calib-method", default="entropy", show_default=True, type=click.Choice(_calibration_methods()),
+              help="Range method of the one calibration pass every variant shares.")
+@click.option("--equalize", is_flag=True, help="Measure the cross-layer range-equalised model.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a bar plot (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.pass_context
+def sensitivity(ctx: click.Context, model: Path, data: Path | None, images: int, calib: Path | None,
+                calib_method: str, equalize: bool, out: Path | None, plot: Path | None, as_json: bool) -> None:
+    """Measure how much quantizing each layer of MODEL (an FP32 ONNX) to INT8 costs, most sensitive first."""
+    from edgeres.io import write_json_atomic
+    from edgeres.sensitivity import plot_sensitivity, run_sensitivity, sensitivity_table
+
+    outputs_safe({"MODEL": model, "--data": data, "--calib": calib}, {"--out": out, "--plot": plot})
+    report = run_sensitivity(model, data=data, images=images, calib=calib, method=calib_method, equalize=equalize,
+                             quiet=quiet_flag(ctx))
+    if out is not None:
+        write_json_atomic(out, report.to_dict())
+    if plot is not None:
+        plot_sensitivity(report, plot)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(sensitivity_table(report))
 # --- end calibration commands ---
 
 
@@ -322,9 +358,14 @@ def _duration_option(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 @cli.command("bench")
-@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--server", metavar="URL", help="Load the model served at URL instead of running ARTIFACT here.")
+@click.option("--model", help="With --server: the served model [the only edgeres model there].")
+@click.option("--concurrency", default="1,4,16", show_default=True,
+              help="With --server: client threads per level, comma-separated.")
 @click.option("--batch", "batches", default="1,8,32", show_default=True,
-              help="Batch sizes, comma-separated; sizes outside the artifact's profile are skipped with a note.")
+              help="Batch sizes, comma-separated; sizes outside the artifact's profile are skipped with a note. "
+                   "With --server: one size, images per request [1].")
 @click.option("--warmup", default="1s", show_default=True, callback=_duration_option,
               help="Untimed calls before each batch size (1s, 500ms, 2).")
 @click.option("--duration", default="5s", show_default=True, callback=_duration_option,
@@ -338,10 +379,11 @@ def _duration_option(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--no-transfers", is_flag=True, help="Latency without host<->device copies (the compute stage only).")
 @click.option("--threads", type=click.IntRange(min=1), help="Backend worker threads [physical cores].")
 @click.pass_context
-def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, duration: float,
-              iterations: int | None, out: Path | None, plot: Path | None, report: Path | None,
-              no_transfers: bool, threads: int | None) -> None:
-    """Time ARTIFACT at several batch sizes: latency percentiles, throughput, images/s, stage split."""
+def bench_cmd(ctx: click.Context, artifact: Path | None, server: str | None, model: str | None, concurrency: str,
+              batches: str, warmup: float, duration: float, iterations: int | None, out: Path | None,
+              plot: Path | None, report: Path | None, no_transfers: bool, threads: int | None) -> None:
+    """Time ARTIFACT at several batch sizes: latency percentiles, throughput, images/s, stage split. With
+    --server URL: time the served model under concurrent clients (`edgeres bench --server URL --concurrency 1,4,16`)."""
     from click.core import ParameterSource
 
     from edgeres.bench import bench as run_bench
@@ -349,6 +391,12 @@ def bench_cmd(ctx: click.Context, artifact: Path, batches: str, warmup: float, d
 
     if iterations is not None and ctx.get_parameter_source("duration") is ParameterSource.COMMANDLINE:
         raise click.UsageError("give --duration or --iterations, not both")
+    if server is not None:
+        _bench_server(ctx, artifact, server, model, concurrency, batches, warmup, duration, iterations, out,
+                      plot, report)
+        return
+    if artifact is None:
+        raise click.UsageError("Missing argument 'ARTIFACT' (or --server URL).")
     if plot is not None:
         if plot.suffix.lower() != ".png":
             raise click.BadParameter(f"{plot} must end in .png (the plot is a PNG image)", param_hint="--plot")
@@ -515,8 +563,10 @@ def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: 
 
 
 @cli.command()
-@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("images", type=click.Path(path_type=Path))
+@click.argument("artifact", type=click.Path(exists=True, path_type=Path))
+@click.argument("images", type=click.Path(path_type=Path), required=False)
+@click.option("--server", metavar="URL", help="Infer through `edgeres serve` at URL; then give only IMAGES.")
+@click.option("--model", help="With --server: the served model [the only edgeres model there].")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write results.json or results.csv.")
@@ -525,17 +575,33 @@ def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: 
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads [CPU count, at most 4].")
 @click.option("--json", "as_json", is_flag=True, help="Print the full results as JSON.")
 @click.pass_context
-def infer(ctx: click.Context, artifact: Path, images: Path, batch: int, top_k: int, out: Path | None, strict: bool,
-          threads: int | None, workers: int | None, as_json: bool) -> None:
-    """Classify every image under IMAGES with ARTIFACT (a built artifact or an exported ONNX)."""
+def infer(ctx: click.Context, artifact: Path, images: Path | None, server: str | None, model: str | None,
+          batch: int, top_k: int, out: Path | None, strict: bool, threads: int | None, workers: int | None,
+          as_json: bool) -> None:
+    """Classify every image under IMAGES with ARTIFACT (a built artifact or an exported ONNX), or with the model
+    served at --server URL (`edgeres infer IMAGES --server URL`)."""
     from edgeres.errors import DataError, InputError
     from edgeres.infer import infer_folder, predictions_table, summary_table
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise InputError(f"--out must end in .json or .csv, got {out}")
-    outputs_safe({**artifact_inputs(artifact), "IMAGES": images}, {"--out": out})
-    result = infer_folder(artifact, images, batch=batch, top_k=top_k, workers=workers, threads=threads,
-                          quiet=quiet_flag(ctx))
+    remote = None
+    if server is not None:
+        if images is not None:
+            raise click.UsageError("with --server give only IMAGES (the server holds the model)")
+        from edgeres.serve.client import RemoteRunner
+
+        images, remote = artifact, RemoteRunner(server, model)
+        outputs_safe({"IMAGES": images}, {"--out": out})
+    else:
+        if images is None:
+            raise click.UsageError("Missing argument 'IMAGES' (or give only IMAGES with --server URL).")
+        if artifact.is_dir():
+            raise click.BadParameter(f"{artifact} is a folder; ARTIFACT is a built artifact or an ONNX file",
+                                     param_hint="'ARTIFACT'")
+        outputs_safe({**artifact_inputs(artifact), "IMAGES": images}, {"--out": out})
+    result = infer_folder(server or artifact, images, batch=batch, top_k=top_k, workers=workers, threads=threads,
+                          quiet=quiet_flag(ctx), runner=remote)
     if out is not None:
         result.write(out)
     if as_json:
@@ -564,6 +630,118 @@ def compare_results(results: tuple[Path, ...], as_json: bool) -> None:
     else:
         click.echo(compare_table(summaries))
 # --- end build/infer commands ---
+
+
+# --- serve commands (issue 14) ---
+def _bench_server(ctx: click.Context, artifact: Path | None, server: str, model: str | None, concurrency: str,
+                  batches: str, warmup: float, duration: float, iterations: int | None, out: Path | None,
+                  plot: Path | None, report: Path | None) -> None:
+    from edgeres.serve.client import bench_server, server_bench_table
+
+    if artifact is not None:
+        raise click.UsageError("give ARTIFACT or --server URL, not both")
+    if plot is not None or report is not None:
+        raise click.UsageError("--plot and --report apply to a local bench; with --server use --out")
+    try:
+        batch = int(batches) if ctx.get_parameter_source("batches").name == "COMMANDLINE" else 1
+    except ValueError:
+        raise click.BadParameter(f"with --server give one batch size, got {batches!r}", param_hint="--batch") from None
+    outputs_safe({}, {"--out": out})
+    result = bench_server(server, model=model, concurrency=concurrency, batch=batch,
+                          duration_s=None if iterations else duration, requests=iterations, warmup_s=warmup)
+    click.echo(server_bench_table(result))
+    if out is not None:
+        click.echo(f"wrote {result.write_json(out)}")
+
+
+def _device_choices() -> list[str]:
+    from edgeres.serve.repository import Device
+
+    return [d.value for d in Device]
+
+
+@cli.command("export-triton")
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--repo", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Model repository folder (created if missing; other models in it are kept).")
+@click.option("--name", help="Model name [from the artifact's file name].")
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(min=1), help="Model instances.")
+@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(min=0),
+              help="How long the dynamic batcher may wait to fill a batch.")
+@click.option("--device", default="gpu", show_default=True, type=click.Choice(_device_choices()),
+              help="Instance kind (cpu: ONNX artifacts only).")
+@click.option("--tensorrt-ep", is_flag=True, help="ONNX: run through ONNX Runtime's TensorRT execution provider.")
+@click.option("--force", is_flag=True, help="Replace an existing model folder of the same name.")
+def export_triton_cmd(artifact: Path, repo: Path, name: str | None, instances: int, max_queue_delay_us: int,
+                      device: str, tensorrt_ep: bool, force: bool) -> None:
+    """Write ARTIFACT into a Triton model repository for NVIDIA's Triton containers (config.pbtxt checked
+    against Triton's schema, labels from the model card, version folder 1)."""
+    from edgeres.serve.repository import export_triton
+
+    folder = export_triton(artifact, repo, name=name, instances=instances, max_queue_delay_us=max_queue_delay_us,
+                           device=device, tensorrt_ep=tensorrt_ep, force=force)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        click.echo(f"wrote {path}")
+    click.echo(f"serve it: docker run --gpus all -p 8000:8000 -v {repo.resolve()}:/models "
+               f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
+
+
+@cli.command("serve")
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="HTTP (KServe v2) port on 127.0.0.1; 0 = any free port.")
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535), help="gRPC port.")
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(0, 65535),
+              help="Prometheus metrics port.")
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runner instances per model (one process each).")
+@click.option("--max-queue-delay-us", default=500, show_default=True, type=click.IntRange(min=0),
+              help="How long the dynamic batcher may wait to fill a batch.")
+@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads per instance [cores / 2 / instances].")
+@click.option("--name", help="Tensor model name [from the artifact's file name]; the image model adds _image.")
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the generated repository here and keep it [a temporary folder].")
+@click.option("--ready-timeout", default=120, show_default=True, type=click.IntRange(min=1),
+              help="Seconds to wait for the server and its models.")
+@click.pass_context
+def serve(ctx: click.Context, artifact: Path, http_port: int, grpc_port: int, metrics_port: int, instances: int,
+          max_queue_delay_us: int, threads: int | None, name: str | None, repo: Path | None,
+          ready_timeout: int) -> None:
+    """Serve ARTIFACT with Triton on 127.0.0.1 until Ctrl-C or SIGTERM: a tensor model (FP32 images in, logits
+    out) and an image model (encoded image bytes in, top-k classes out), dynamically batched."""
+    import tempfile
+    import time
+
+    from edgeres.serve.repository import serving_repository
+    from edgeres.serve.triton import Ports, ServerError, TritonServer, find_triton
+
+    find_triton()  # say it is missing before writing anything
+    ports = Ports.resolve(http_port, grpc_port, metrics_port)
+    with tempfile.TemporaryDirectory(prefix="edgeres-serve-") as tmp:
+        served = serving_repository(artifact, repo or Path(tmp) / "models", name=name, instances=instances,
+                                    max_queue_delay_us=max_queue_delay_us, threads=threads)
+        server = TritonServer(served.root, ports=ports, ready_timeout_s=ready_timeout)
+        click.echo(f"starting Triton for {artifact} ({served.artifact.backend}, {served.artifact.precision}, "
+                   f"batch up to {served.artifact.profile.max}) ...", err=True)
+        try:
+            server.start()
+            url = server.http_url
+            click.echo(f"HTTP     {url}   (KServe v2)")
+            click.echo(f"gRPC     {server.grpc_url}")
+            click.echo(f"metrics  {server.metrics_url}")
+            click.echo(f"models   {served.tensor_model} (FP32 {served.artifact.card.input_name} "
+                       f"{list(served.artifact.card.preprocess.input_shape)} -> {served.artifact.card.output_name}), "
+                       f"{served.image_model} (image bytes -> top-k classes)")
+            click.echo(f"try      edgeres infer IMAGES --server {url}   |   edgeres bench --server {url}")
+            click.echo("Ctrl-C stops the server.", err=True)
+            while server.alive():
+                time.sleep(0.5)
+            raise ServerError(f"Triton exited unexpectedly (code {server.process.returncode}): {server.log_tail()}")
+        except KeyboardInterrupt:
+            click.echo("stopping Triton ...", err=True)
+        finally:
+            server.stop()
+        click.echo("stopped", err=True)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -97,7 +97,8 @@ class InferResult:
 
 def infer_folder(artifact_or_model: str | os.PathLike[str], folder: str | os.PathLike[str], *, batch: int = 8,
                  top_k: int = 5, workers: int | None = None, threads: int | None = None,
-                 prefetch: int | None = None, strict: bool = False, quiet: bool = False) -> InferResult:
+                 prefetch: int | None = None, strict: bool = False, quiet: bool = False,
+                 runner: Any = None) -> InferResult:
     """Classify every image under ``folder`` with an artifact (or a plain ONNX carrying the model card).
 
     Args:
@@ -111,6 +112,8 @@ def infer_folder(artifact_or_model: str | os.PathLike[str], folder: str | os.Pat
         strict: raise :class:`DataError` (after classifying the good files; the result rides on the error as
             ``.result``) when any file was skipped.
         quiet: no progress bar.
+        runner: an open runner to use instead of opening ``artifact_or_model`` (e.g. a
+            :class:`edgeres.serve.client.RemoteRunner`; not closed here).
 
     Returns:
         The predictions, skipped files and a summary with throughput, per-batch latency and accuracy.
@@ -137,7 +140,11 @@ def infer_folder(artifact_or_model: str | os.PathLike[str], folder: str | os.Pat
         raise DataError(f"{folder}: no images found (searched recursively for {' '.join(sorted(IMAGE_SUFFIXES))})")
     load_start = time.perf_counter()
     # idle ORT threads must not spin while the decoders need the same cores
-    with backends.open(artifact_or_model, threads=threads, spinning=False) as runner:
+    import contextlib
+
+    opened = contextlib.nullcontext(runner) if runner is not None else \
+        backends.open(artifact_or_model, threads=threads, spinning=False)
+    with opened as runner:
         if not runner.profile.min <= batch <= runner.profile.max:
             raise InputError(f"--batch {batch} is outside {artifact_or_model}'s batch profile {runner.profile}; "
                              f"pick a batch in {runner.profile.min}..{runner.profile.max} or rebuild with --batch")
