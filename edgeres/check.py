@@ -24,16 +24,17 @@ from typing import Any, Mapping, Sequence
 
 from edgeres.backends.base import Runner
 from edgeres.baseline import (  # Baseline, BASELINE_FORMAT, BaselineMismatch, load_baseline: re-exported
-    BASELINE_FORMAT, Baseline, BaselineMismatch, baseline_artifact, find_baseline_artifact, load_baseline,
-    match_accuracy_inputs, match_identity, save_baseline,
+    BASELINE_FORMAT, Baseline, BaselineMismatch, baseline_artifact, load_baseline, match_accuracy_inputs,
+    match_identity, save_baseline,
 )
 from edgeres.bench import ArtifactInfo, describe_artifact, parse_batches, runner_environment, split_by_profile
 from edgeres.errors import GateInputError  # re-exported
 from edgeres.io import sha256_file
 from edgeres.latency_gate import (  # measure_latency: re-exported
-    Judgement, judge_latency, machine_note, measure_latency, size_probes,
+    Judgement, choose_side_by_side, gate_probes, judge_latency, latency_notes, measure_latency, spec_record,
+    spinning_for,
 )
-from edgeres.probe import ProbeSpec, open_probe
+from edgeres.probe import ProbeSpec
 from edgeres.provenance import check_reference
 from edgeres.stats import Verdict, pooled_statistic
 
@@ -294,7 +295,7 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
     base = None if update_baseline else load_baseline(baseline)
     notes: list[str] = []
     judgements: list[Judgement] = []
-    spinning = _spinning(base)
+    spinning = spinning_for(base)
     with contextlib.ExitStack() as stack:
         if runner is None:
             runner = stack.enter_context(_open(artifact, threads, spinning=spinning))
@@ -315,12 +316,12 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                 notes += match_accuracy_inputs(base, now, allow_mismatch=allow_mismatch)
         if latency and (base is None or base.latency):
             sizes = _latency_batches(batches, base, runner)
-            sbs, why = _side_by_side(side_by_side, base, info)
+            sbs, why = choose_side_by_side(side_by_side, base, info)
             runners = [runner]
             if sbs:
                 runners.append(baseline_runner or stack.enter_context(_open(baseline_artifact(base), threads,
                                                                             spinning=spinning)))
-            probes = {} if sbs else _probes(probe, base, runner, sizes, artifact, stack, spinning)
+            probes = {} if sbs else gate_probes(probe, base, runner, sizes, artifact, stack, spinning)
             measured = measure_latency(runners, batches=sizes, probes=probes, trials=trials,
                                        trial_duration_s=trial_duration_s, trial_iterations=trial_iterations,
                                        warmup_s=warmup_s, transfers=transfers, quiet=quiet)
@@ -330,10 +331,10 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                                         "spinning": spinning},
                            "machine": measured.machine}
             if measured.probe is not None:
-                now.latency["probe"] = {"specs": {str(b): _spec_dict(p) for b, p in probes.items()},
+                now.latency["probe"] = {"specs": {str(b): spec_record(p) for b, p in probes.items()},
                                         "trials": {str(b): t for b, t in measured.probe.items()}}
             if base is not None:
-                notes += _latency_notes(sbs, why, base, trials, measured.machine)
+                notes += latency_notes(sbs, why, base, trials, measured.machine)
                 judgements = judge_latency(
                     measured.runners[1] if sbs else base.latency_trials(), measured.runners[0],
                     base_probe=None if sbs else base.probe_trials(), now_probe=measured.probe, side_by_side=sbs,
@@ -354,64 +355,6 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
         rows += _accuracy_rows(base.accuracy, now.accuracy, tolerances)
     rows += _latency_rows(judgements)
     return CheckResult(info, str(baseline), rows, notes, now)
-
-
-def _side_by_side(asked: bool | None, base: Baseline | None, info: ArtifactInfo) -> tuple[bool, str]:
-    """Whether to time the baseline's artifact beside ``info``'s, and why (for the notes)."""
-    if base is None:
-        return False, ""
-    if asked is not None:
-        return asked, "asked for" if asked else "--no-side-by-side"
-    path, why = find_baseline_artifact(base)
-    if path is not None and base.artifact.sha256 == info.sha256:
-        return False, f"{why}, but it is the artifact being checked (a file timed against itself tells nothing)"
-    return path is not None, why
-
-
-def _spinning(base: Baseline | None) -> bool:
-    """Whether ONNX Runtime's idle threads spin while latency is timed: not for a new baseline (on a shared
-    machine spinning pools fight each other and any neighbour: one artifact measured 2.0-2.4 ms per call without
-    spinning and 2-11 ms with it, alone, under the same load); as recorded for an older baseline (which spun)."""
-    if base is None or not base.latency:
-        return False
-    return bool((base.latency.get("settings") or {}).get("spinning", True))
-
-
-def _probes(probe: bool | Mapping[int, Any], base: Baseline | None, runner: Runner, sizes: list[int],
-            artifact: str | Path, stack: contextlib.ExitStack, spinning: bool) -> dict[int, Any]:
-    """The probe runner of each batch size: given, sized now (new baseline), or rebuilt from the baseline's."""
-    if probe is False:
-        return {}
-    if probe is not True:
-        return {b: probe[b] for b in sizes}
-    if base is None:
-        specs = size_probes(runner, sizes, artifact=artifact, spinning=spinning)
-    else:
-        recorded = base.probe_specs()
-        if not recorded:
-            return {}  # an old baseline: nothing to normalise against
-        specs = {b: ProbeSpec.from_dict(recorded[b]) for b in sizes if b in recorded}
-    return {b: stack.enter_context(open_probe(spec)) for b, spec in specs.items()}
-
-
-def _spec_dict(probe: Any) -> dict[str, Any]:
-    spec = getattr(probe, "spec", None)
-    return spec.to_dict() if isinstance(spec, ProbeSpec) else {"label": type(probe).__name__}
-
-
-def _latency_notes(sbs: bool, why: str, base: Baseline, trials: int, machine: dict[str, Any]) -> list[str]:
-    if sbs:
-        notes = [f"latency measured side by side with the baseline's artifact {base.artifact.path} in {trials} "
-                 f"alternating rounds ({why}); the stored samples were not used"]
-    elif base.probe_trials() is None:
-        notes = [f"latency compared with the stored samples{f' ({why})' if why else ''}; the baseline has no "
-                 "machine-speed probe (written by an older edgeres), so the verdict is NOT load-normalised: "
-                 "rewrite it with --update-baseline"]
-    else:
-        notes = [f"latency compared with the stored samples{f' ({why})' if why else ''}, relative to the "
-                 "machine-speed probe timed beside the artifact in both runs"]
-    line = machine_note((base.latency or {}).get("machine"), machine)
-    return notes + ([line] if line else [])
 
 
 def _resolve_data(data: str | Path | None, base: Baseline | None, reference: str | Path | None) -> Path | None:

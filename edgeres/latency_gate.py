@@ -29,6 +29,7 @@ their ratio, the machine's state cancels within the round, and no widening is ne
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgeres.backends.base import Runner
-from edgeres.bench import input_batch, time_calls
+from edgeres.baseline import Baseline, find_baseline_artifact
+from edgeres.bench import ArtifactInfo, input_batch, time_calls
 from edgeres.errors import GateInputError
 from edgeres.probe import ProbeSpec, calibrate_probe, cpu_fractions, machine_state, open_probe
 from edgeres.stats import (
@@ -160,6 +162,66 @@ def _time_group(targets: list[tuple[Any, np.ndarray]], *, duration_s: float | No
     return out
 
 
+# --- what the gate times, and how -----------------------------------------------------------------------------
+
+def choose_side_by_side(asked: bool | None, base: Baseline | None, info: ArtifactInfo) -> tuple[bool, str]:
+    """Whether to time the baseline's artifact beside ``info``'s, and why (for the notes)."""
+    if base is None:
+        return False, ""
+    if asked is not None:
+        return asked, "asked for" if asked else "--no-side-by-side"
+    path, why = find_baseline_artifact(base)
+    if path is not None and base.artifact.sha256 == info.sha256:
+        return False, f"{why}, but it is the artifact being checked (a file timed against itself tells nothing)"
+    return path is not None, why
+
+
+def spinning_for(base: Baseline | None) -> bool:
+    """Whether ONNX Runtime's idle threads spin while latency is timed: not for a new baseline (on a shared
+    machine spinning pools fight each other and any neighbour: one artifact measured 2.0-2.4 ms per call without
+    spinning and 2-11 ms with it, alone, under the same load); as recorded for an older baseline (which spun)."""
+    if base is None or not base.latency:
+        return False
+    return bool((base.latency.get("settings") or {}).get("spinning", True))
+
+
+def gate_probes(probe: bool | Mapping[int, Any], base: Baseline | None, runner: Runner, sizes: list[int],
+            artifact: str | Path, stack: contextlib.ExitStack, spinning: bool) -> dict[int, Any]:
+    """The probe runner of each batch size: given, sized now (new baseline), or rebuilt from the baseline's."""
+    if probe is False:
+        return {}
+    if probe is not True:
+        return {b: probe[b] for b in sizes}
+    if base is None:
+        specs = size_probes(runner, sizes, artifact=artifact, spinning=spinning)
+    else:
+        recorded = base.probe_specs()
+        if not recorded:
+            return {}  # an old baseline: nothing to normalise against
+        specs = {b: ProbeSpec.from_dict(recorded[b]) for b in sizes if b in recorded}
+    return {b: stack.enter_context(open_probe(spec)) for b, spec in specs.items()}
+
+
+def spec_record(probe: Any) -> dict[str, Any]:
+    spec = getattr(probe, "spec", None)
+    return spec.to_dict() if isinstance(spec, ProbeSpec) else {"label": type(probe).__name__}
+
+
+def latency_notes(sbs: bool, why: str, base: Baseline, trials: int, machine: dict[str, Any]) -> list[str]:
+    if sbs:
+        notes = [f"latency measured side by side with the baseline's artifact {base.artifact.path} in {trials} "
+                 f"alternating rounds ({why}); the stored samples were not used"]
+    elif base.probe_trials() is None:
+        notes = [f"latency compared with the stored samples{f' ({why})' if why else ''}; the baseline has no "
+                 "machine-speed probe (written by an older edgeres), so the verdict is NOT load-normalised: "
+                 "rewrite it with --update-baseline"]
+    else:
+        notes = [f"latency compared with the stored samples{f' ({why})' if why else ''}, relative to the "
+                 "machine-speed probe timed beside the artifact in both runs"]
+    line = machine_note((base.latency or {}).get("machine"), machine)
+    return notes + ([line] if line else [])
+
+
 # --- the verdict ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -210,9 +272,9 @@ def judge_latency(base: Mapping[int, Sequence[Sequence[float]]], now: Mapping[in
         confidence: coverage of the bootstrap interval.
         seed: seeds the bootstrap.
     """
-    normalised = not side_by_side and base_probe is not None and now_probe is not None
     out = []
     for b in sorted(now):
+        normalised = not side_by_side and b in (base_probe or {}) and b in (now_probe or {})
         for stat in (Statistic.MEDIAN, Statistic.P99):
             metric, tol = f"latency {stat.value} b{b}", tolerances[stat.value]
             now_stat = float(np.median(trial_values(now[b], None, stat)))

@@ -77,7 +77,8 @@ def test_step_change_is_explained() -> None:
 
 
 def test_heavy_tailed_stream_does_not_fail() -> None:
-    """Both runs have a heavy (Pareto) tail; and, separately, 15 calls 20x slower in each of two of eight trials (1.25 % of all calls)."""
+    """Both runs have a heavy (Pareto) tail; and, separately, 15 calls 20x slower in each of two of eight trials
+    (1.25 % of all calls)."""
     heavy = verdicts(stream(1, tail=0.03), stream(2, tail=0.03))
     assert heavy["median"] is Verdict.PASS and heavy["p99"] is not Verdict.FAIL
     hiccups = verdicts(stream(1), stream(2, outliers=15))  # the two hit trials widen the interval: no FAIL
