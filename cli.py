@@ -729,6 +729,7 @@ def serve(ctx: click.Context, artifact: Path, http_port: int, grpc_port: int, me
             click.echo(f"HTTP     {url}   (KServe v2)")
             click.echo(f"gRPC     {server.grpc_url}")
             click.echo(f"metrics  {server.metrics_url}")
+            click.echo(f"process  {server.process.pid} (its own process group; the backend stubs are in it)")
             click.echo(f"models   {served.tensor_model} (FP32 {served.artifact.card.input_name} "
                        f"{list(served.artifact.card.preprocess.input_shape)} -> {served.artifact.card.output_name}), "
                        f"{served.image_model} (image bytes -> top-k classes)")
