@@ -185,8 +185,9 @@ class CheckResult:
         if self.updated:
             return f"baseline written to {self.baseline_path}"
         return {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL (regression)",
-                Verdict.INCONCLUSIVE: "INCONCLUSIVE (latency too noisy to tell; rerun on a quieter machine, or "
-                                      "with more --trials or a longer --trial-duration)"}[self.verdict]
+                Verdict.INCONCLUSIVE: "INCONCLUSIVE (latency not told apart from the noise or the machine's change "
+                                      "of speed, see the notes; rerun on a quieter machine, with more --trials, or "
+                                      "side by side with the baseline's artifact)"}[self.verdict]
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact.to_dict(), "baseline": self.baseline_path, "verdict": self.verdict.value,
@@ -354,6 +355,11 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
     if base is not None and base.accuracy and now.accuracy is not None:
         rows += _accuracy_rows(base.accuracy, now.accuracy, tolerances)
     rows += _latency_rows(judgements)
+    notes += [f"{j.metric} {j.verdict.value}: {j.reason}" for j in judgements
+              if j.verdict in (Verdict.FAIL, Verdict.INCONCLUSIVE)]  # the table shows no messages: say why here
+    untold = [j.metric for j in judgements if j.verdict is Verdict.INFO]
+    if untold:
+        notes.append(f"{', '.join(untold)}: {next(j.reason for j in judgements if j.verdict is Verdict.INFO)}")
     return CheckResult(info, str(baseline), rows, notes, now)
 
 

@@ -22,7 +22,12 @@ runner. What the peers do, and what is taken from each:
 Stored baseline: each round times the artifact at one batch size and, right beside it, the probe sized for that
 batch (:mod:`edgeres.probe`); a trial's value is the artifact's statistic over the probe's. The ratio now/baseline
 of the median over trials is judged by :func:`edgeres.stats.judge_band`, which widens the bootstrap interval by
-how much the probe itself changed, so the normalisation is trusted only as far as it is small.
+how much the probe itself changed (its point estimate), so the normalisation is trusted only as far as it is small.
+Measured here, an unchanged ResNet-20 at batch 1 read 1.16 relative to its probe in one run and 0.94 in another
+(each within +/-8 % over its trials): contention does not slow every workload alike, so the probe is used to refuse
+to blame the artifact for the machine, not to excuse the artifact. As a consequence the normalisation can turn a
+FAIL of the plain comparison into INCONCLUSIVE (the machine got slower) but can never create a FAIL or a PASS the
+plain comparison would not also give, give or take the bootstrap's noise.
 
 Side by side: each round times the candidate and the baseline's artifact one after the other; a trial's value is
 their ratio, the machine's state cancels within the round, and no widening is needed.
@@ -232,8 +237,7 @@ class Judgement:
     baseline_ms: float | None  # median over trials of the statistic (the baseline's artifact, or the stored one)
     now_ms: float | None
     ci: RatioCI | None  # of the (normalised) ratio now / baseline; None when not judged
-    machine: float  # how much slower the probe surely ran now than at baseline: the end of its interval nearest
-    # 1, or 1.0 when its interval holds 1 (side by side, or without a probe, always 1.0)
+    machine: float  # how much slower the probe ran now than at baseline (1.0 side by side or without a probe)
     tolerance: float
     verdict: Verdict
     reason: str
@@ -296,12 +300,11 @@ def judge_latency(base: Mapping[int, Sequence[Sequence[float]]], now: Mapping[in
                 ci = trial_ratio_ci(vb, vn, confidence=confidence, seed=seed)
                 probe_ci = trial_ratio_ci(trial_values(base_probe[b], None, stat),
                                           trial_values(now_probe[b], None, stat), confidence=confidence, seed=seed)
-                machine = _sure_change(probe_ci)
+                machine = probe_ci.ratio
                 what = (f"{stat.value} relative to the machine-speed probe: {np.median(vn):.3f} now ({len(vn)} trials, "
                         f"{_spread(vn)}) vs {np.median(vb):.3f} at baseline ({len(vb)} trials, {_spread(vb)}); the "
                         f"probe ran {_speed(probe_ci.ratio)} than at baseline ({100 * confidence:g}% CI "
-                        f"[{probe_ci.low:.2f}, {probe_ci.high:.2f}]"
-                        + (": within its own noise)" if machine == 1.0 else ")"))
+                        f"[{probe_ci.low:.2f}, {probe_ci.high:.2f}])")
             else:
                 vb, vn = trial_values(base[b], None, stat), trial_values(now[b], None, stat)
                 ci = trial_ratio_ci(vb, vn, confidence=confidence, seed=seed)
@@ -313,16 +316,6 @@ def judge_latency(base: Mapping[int, Sequence[Sequence[float]]], now: Mapping[in
             out.append(Judgement(metric, base_stat, now_stat, ci, machine, tol, verdict,
                                  f"{what}. {_because(ci, machine, tol, verdict)}"))
     return out
-
-
-def _sure_change(probe: RatioCI) -> float:
-    """How much the machine's speed surely changed: the end of the probe's interval nearest 1, or 1.0 when the
-    interval holds 1 (a change within the probe's own noise is no evidence the machine changed)."""
-    if probe.low > 1.0:
-        return probe.low
-    if probe.high < 1.0:
-        return probe.high
-    return 1.0
 
 
 def _speed(machine: float) -> str:
