@@ -134,7 +134,8 @@ def run_checks(label: str, artifact: Path, baseline: Path, n: int, extra: list[s
         result = json.loads(proc.stdout)
         rows = {r["metric"]: r for r in result["rows"]}
         med = rows.get("latency median b1", {})
-        mode = "side by side" if any("side by side" in n for n in result["notes"]) else "stored + probe"
+        mode = ("side by side" if any(n.startswith("latency measured side by side") for n in result["notes"])
+                else "stored + probe")
         print(f"  {label} #{i + 1}: exit {proc.returncode} {result['verdict']:<12} ({mode}) "
               + "  ".join(f"{m.replace('latency ', '')}: {r['verdict']} {r['change']}" for m, r in rows.items()),
               flush=True)
