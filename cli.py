@@ -318,20 +318,23 @@ def quantize(model: Path, ranges_path: Path, out: Path, activations: str, keep_f
               help="Calibration images [the calibration set recorded in the model card].")
 @click.option("--calib-method", default="entropy", show_default=True, type=click.Choice(_calibration_methods()),
               help="Range method of the one calibration pass every variant shares.")
+@click.option("--calib-images", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Calibration images to sample.")
 @click.option("--equalize", is_flag=True, help="Measure the cross-layer range-equalised model.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a bar plot (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.pass_context
 def sensitivity(ctx: click.Context, model: Path, data: Path | None, images: int, calib: Path | None,
-                calib_method: str, equalize: bool, out: Path | None, plot: Path | None, as_json: bool) -> None:
+                calib_method: str, calib_images: int, equalize: bool, out: Path | None, plot: Path | None,
+                as_json: bool) -> None:
     """Measure how much quantizing each layer of MODEL (an FP32 ONNX) to INT8 costs, most sensitive first."""
     from edgeres.io import write_json_atomic
     from edgeres.sensitivity import plot_sensitivity, run_sensitivity, sensitivity_table
 
     outputs_safe({"MODEL": model, "--data": data, "--calib": calib}, {"--out": out, "--plot": plot})
-    report = run_sensitivity(model, data=data, images=images, calib=calib, method=calib_method, equalize=equalize,
-                             quiet=quiet_flag(ctx))
+    report = run_sensitivity(model, data=data, images=images, calib=calib, method=calib_method,
+                             calib_images=calib_images, equalize=equalize, quiet=quiet_flag(ctx))
     if out is not None:
         write_json_atomic(out, report.to_dict())
     if plot is not None:
@@ -538,12 +541,20 @@ def _print_rows(rows: list[tuple[str, Any]]) -> None:
 @click.option("--high-precision", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32"]),
               help="TensorRT int8: precision of the layers left unquantized.")
 @click.option("--no-tf32", is_flag=True, help="TensorRT: strict FP32 (FP32 layers may not use TF32 tensor cores).")
+@click.option("--max-drop", type=float, metavar="PP",
+              help="int8: top-1 budget in percentage points vs FP32; the most sensitive layers stay in float.")
+@click.option("--eval-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Labelled held-out images for --max-drop [the card's validation set].")
+@click.option("--exclude-layers", metavar="NAME,...", default="",
+              help="int8: layers (ONNX node names) always left in float; `edgeres sensitivity` lists them.")
+@click.option("--equalize", is_flag=True, help="int8: cross-layer range equalisation before calibration.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: Path | None, calib_method: str,
           calib_images: int, batch: str, out_dir: Path | None, force: bool, threads: int | None,
           verify_images: int, workspace_mb: int | None, timing_cache: Path | None, dla_core: int | None,
           int8_mode: str, opt_level: int | None, version_compatible: bool, high_precision: str, no_tf32: bool,
+          max_drop: float | None, eval_data: Path | None, exclude_layers: str, equalize: bool,
           as_json: bool) -> None:
     """Build an engine/artifact from MODEL (an exported .onnx or a .pt checkpoint) and verify it against FP32."""
     from edgeres.backends import BatchProfile
@@ -554,7 +565,8 @@ def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: 
         calib_images=calib_images, profile=BatchProfile.parse(batch), out_dir=out_dir, force=force, threads=threads,
         verify_images=verify_images, quiet=quiet_flag(ctx), int8_mode=int8_mode, workspace_mb=workspace_mb,
         timing_cache=timing_cache, opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
-        high_precision=high_precision, tf32=not no_tf32,
+        high_precision=high_precision, tf32=not no_tf32, max_drop=max_drop, eval_data=eval_data,
+        exclude_layers=[name for name in exclude_layers.split(",") if name.strip()], equalize=equalize,
     )
     if as_json:
         echo_json(result.to_dict())

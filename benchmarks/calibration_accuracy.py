@@ -6,7 +6,9 @@ evaluates them on the validation split:
 
 * ``s8`` — the TensorRT form, run by ONNX Runtime with graph optimisations off, i.e. Q/DQ executed as written
   in float (no integer kernels, so no u8×s8 16-bit saturation): the number that predicts a TensorRT engine;
-* ``u8`` — the fast CPU form, run with all optimisations (QLinearConv/QLinearAdd kernels): its own number.
+* ``u8`` — the fast CPU form, run with all optimisations (QLinearConv/QLinearAdd kernels): its own number;
+* ``s8 fp16`` — the ``s8`` model with its unquantized part in FP16 (what TensorRT 10.x/11.x build by default,
+  ``--high-precision fp16``), run like ``s8``.
 
     .venv/bin/python benchmarks/calibration_accuracy.py [--work /tmp/edgeres-bench-digits] [--epochs 15]
 """
@@ -27,7 +29,7 @@ from edgeres.calibrate import calibrate  # noqa: E402
 from edgeres.card import read_onnx_card  # noqa: E402
 from edgeres.data import load_batch, open_dataset  # noqa: E402
 from edgeres.digits import write_digits  # noqa: E402
-from edgeres.quantize import quantize_qdq  # noqa: E402
+from edgeres.quantize import quantize_qdq, to_fp16  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -78,7 +80,7 @@ def main() -> None:
     agree = lambda pred: 100.0 * float((pred == fp32).mean())  # noqa: E731
     print(f"digits val: {len(y)} images; calibration: the dataset's calibration list, ONNX Runtime {ort.__version__}")
     print(f"{'model':<12} {'calib s':>8} {'s8 top-1':>9} {'Δ pp':>6} {'agree':>7} {'u8 top-1':>9} {'Δ pp':>6} "
-          f"{'agree':>7}")
+          f"{'agree':>7} {'s8 fp16':>8} {'Δ pp':>6} {'agree':>7}")
     print(f"{'FP32':<12} {'':>8} {top1(fp32):8.2f}% {'':>6} {'':>7} {top1(fp32):8.2f}%")
     for method in METHODS:
         start = time.perf_counter()
@@ -87,9 +89,11 @@ def main() -> None:
         ranges_path = ranges.save(args.work / f"{method}.ranges.json")
         s8 = quantize_qdq(model, ranges_path, out=args.work / f"{method}.s8.onnx", activations="s8")
         u8 = quantize_qdq(model, ranges_path, out=args.work / f"{method}.u8.onnx", activations="u8")
-        p8, pu = predict(s8, x, fused=False), predict(u8, x, fused=True)
+        s8h = to_fp16(s8, args.work / f"{method}.s8.fp16.onnx")
+        p8, pu, ph = predict(s8, x, fused=False), predict(u8, x, fused=True), predict(s8h, x, fused=False)
         print(f"{method:<12} {seconds:8.1f} {top1(p8):8.2f}% {top1(p8) - top1(fp32):+6.2f} {agree(p8):6.2f}% "
-              f"{top1(pu):8.2f}% {top1(pu) - top1(fp32):+6.2f} {agree(pu):6.2f}%")
+              f"{top1(pu):8.2f}% {top1(pu) - top1(fp32):+6.2f} {agree(pu):6.2f}% "
+              f"{top1(ph):7.2f}% {top1(ph) - top1(fp32):+6.2f} {agree(ph):6.2f}%")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 VERIFY_IMAGES = 16  # "a few calibration images"
 SPEED_REPEATS = 3  # timed passes over the verification images (the best is kept)
 CALIB_SEED = 0
+EVAL_IMAGES = 500  # labelled held-out images an accuracy budget (--max-drop) is measured on
 
 
 @dataclass
@@ -88,7 +89,9 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
                    backend: BackendName | str = BackendName.AUTO, calib_dir: str | os.PathLike[str] | None = None,
                    calib_method: str = "entropy", calib_images: int = 512, profile: BatchProfile = BatchProfile(),
                    out_dir: str | os.PathLike[str] | None = None, force: bool = False, threads: int | None = None,
-                   verify_images: int = VERIFY_IMAGES, quiet: bool = False, **backend_options: Any) -> BuildResult:
+                   verify_images: int = VERIFY_IMAGES, quiet: bool = False, max_drop: float | None = None,
+                   eval_data: str | os.PathLike[str] | None = None, exclude_layers: Sequence[str] = (),
+                   equalize: bool = False, **backend_options: Any) -> BuildResult:
     """Build an artifact for ``backend`` at ``precision`` and verify it against the FP32 ONNX.
 
     Args:
@@ -104,6 +107,11 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
         threads: ONNX Runtime intra-op threads recorded for the artifact's runners.
         verify_images: images used for the check against FP32 (0 skips it).
         quiet: no progress bars.
+        max_drop: int8: an accuracy budget in top-1 percentage points against FP32; the most sensitive layers
+            stay in float until the drop measured on ``eval_data`` is within it (:func:`edgeres.sensitivity.fit_budget`).
+        eval_data: labelled held-out images for ``max_drop`` (default: the card's validation set).
+        exclude_layers: int8: node names always left in float.
+        equalize: int8: cross-layer range equalisation before calibration.
         **backend_options: passed to TensorRT (int8_mode, workspace_mb, timing_cache, opt_level, dla_core,
             version_compatible).
 
@@ -128,7 +136,9 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
             return _build_locked(model_path, artifact, precision=precision, chosen=chosen, reason=reason,
                                  calib_dir=calib_dir, calib_method=calib_method, calib_images=calib_images,
                                  profile=profile, out_dir=out_dir, force=force, threads=threads,
-                                 verify_images=verify_images, quiet=quiet, start=start, **backend_options)
+                                 verify_images=verify_images, quiet=quiet, start=start,
+                                 mixed=_MixedPrecision(max_drop, eval_data, tuple(exclude_layers), equalize),
+                                 **backend_options)
     finally:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed build leaves no empty --out folder behind
@@ -137,7 +147,7 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
 def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, chosen: BackendName, reason: str,
                   calib_dir: Any, calib_method: str, calib_images: int, profile: BatchProfile, out_dir: Path,
                   force: bool, threads: int | None, verify_images: int, quiet: bool, start: float,
-                  **backend_options: Any) -> BuildResult:
+                  mixed: _MixedPrecision, **backend_options: Any) -> BuildResult:
     from edgeres import backends
     from edgeres.backends import read_sidecar_for
     from edgeres.io import refuse_overwriting_inputs
@@ -156,10 +166,16 @@ def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, cho
     provenance: dict[str, Any] = {}
     if precision is Precision.INT8:
         ranges, ranges_path, reused = _ranges_for(onnx_path, card, calib_dir=calib_dir, method=calib_method,
-                                                  images=calib_images, out_dir=out_dir, force=force, quiet=quiet)
+                                                  images=calib_images, out_dir=out_dir, force=force, quiet=quiet,
+                                                  equalize=mixed.equalize)
         provenance = {"ranges_file": ranges_path.name, "method": ranges.method, "num_images": ranges.num_images,
                       "model_sha256": ranges.model_sha256, "manifest_sha256": ranges.manifest_sha256,
-                      "ranges_reused": reused}
+                      "ranges_reused": reused, "equalized": mixed.equalize}
+        keep = mixed.plan(onnx_path, ranges, quiet=quiet, provenance=provenance)
+        if keep:
+            backend_options["keep_fp32"] = keep
+    elif mixed.requested:
+        raise InputError("--max-drop, --exclude-layers and --equalize apply to --precision int8 only")
     backends.build(onnx_path, backend=chosen, precision=precision, out=artifact, profile=profile, ranges=ranges,
                    int8_provenance=provenance, threads=threads, progress=not quiet, **backend_options)
     result = BuildResult(artifact=artifact, sidecar=read_sidecar_for(artifact), backend=chosen.value,
@@ -307,8 +323,41 @@ def _norm(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class _MixedPrecision:
+    """What an INT8 build leaves in float: an accuracy budget, layers named by hand, range equalisation."""
+
+    max_drop: float | None
+    eval_data: Any
+    exclude_layers: tuple[str, ...]
+    equalize: bool
+
+    @property
+    def requested(self) -> bool:
+        return self.max_drop is not None or bool(self.exclude_layers) or self.equalize
+
+    def plan(self, onnx_path: Path, ranges: Any, *, quiet: bool, provenance: dict[str, Any]) -> list[str]:
+        """The layers to keep in float (recorded in ``provenance``, the sidecar's int8 section)."""
+        import onnx
+
+        from edgeres.sensitivity import check_layer_names, fit_budget, labelled_images
+
+        if self.max_drop is not None and self.max_drop < 0:
+            raise InputError(f"--max-drop must be 0 or more percentage points, got {self.max_drop}")
+        exclude = check_layer_names(onnx.load(str(onnx_path)), self.exclude_layers) if self.exclude_layers else []
+        if self.max_drop is None:
+            if exclude:
+                provenance["high_precision_layers"] = list(exclude)
+            return list(exclude)
+        x, y, where = labelled_images(onnx_path, data=self.eval_data, limit=EVAL_IMAGES)
+        plan = fit_budget(onnx_path, ranges, x, y, max_drop_pp=self.max_drop, exclude=exclude,
+                          equalize=self.equalize, quiet=quiet)
+        provenance.update(plan.to_dict(), eval_data=where)
+        return plan.kept
+
+
 def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str, images: int, out_dir: Path,
-                force: bool, quiet: bool) -> tuple[Any, Path, bool]:
+                force: bool, quiet: bool, equalize: bool = False) -> tuple[Any, Path, bool]:
     from calibration import manifest_hash, parse_method
     from calibration.errors import CalibrationError
 
@@ -321,15 +370,20 @@ def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str
         manifest = manifest_hash(chosen)
     except CalibrationError as exc:
         raise InputError(str(exc)) from exc
-    path = out_dir / f"{onnx_path.stem}.{method}.ranges.json"
+    form = f"{method}.eq" if equalize else method  # ranges of the equalised graph are another file
+    path = out_dir / f"{onnx_path.stem}.{form}.ranges.json"
     model_sha = sha256_file(onnx_path)
     # this build's own file first, then what `edgeres calibrate` writes beside the model (its --out default and
     # the method-named form); each is reused only if every piece of provenance matches
-    candidates = dict.fromkeys([path, onnx_path.with_name(f"{onnx_path.stem}.{method}.ranges.json"),
+    candidates = dict.fromkeys([path, onnx_path.with_name(f"{onnx_path.stem}.{form}.ranges.json"),
                                 onnx_path.with_name(f"{onnx_path.stem}.ranges.json")])
     for candidate in candidates:
         ranges = _reusable(candidate, model_sha=model_sha, method=method, images=len(chosen), manifest=manifest,
                            card=card)
+        if ranges is not None and bool(ranges.options.get("equalize", False)) != equalize:
+            log.info("not reusing %s: it was calibrated %s range equalisation", candidate,
+                     "with" if ranges.options.get("equalize") else "without")
+            ranges = None
         if ranges is not None:
             log.info("reusing ranges %s (same model, method, options, %d images, calibration set)", candidate,
                      len(chosen))
@@ -338,7 +392,7 @@ def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str
         raise InputError(f"{path} exists but does not fit this build (another model, method, image count or "
                          "calibration set: see the log); pass --force to recalibrate and replace it, or move it")
     ranges = calibrate(onnx_path, data=calib_dir, method=method, images=len(chosen),
-                       batch_size=min(DEFAULT_BATCH, len(chosen)), seed=CALIB_SEED, quiet=quiet)
+                       batch_size=min(DEFAULT_BATCH, len(chosen)), seed=CALIB_SEED, quiet=quiet, equalize=equalize)
     try:
         ranges.save(path)
     except CalibrationError as exc:
@@ -440,6 +494,16 @@ def build_table(result: BuildResult) -> list[tuple[str, str]]:
             ("batch profile", "{min}:{opt}:{max}".format(**result.sidecar.profile))]
     if result.ranges is not None:
         rows.append(("ranges", f"{result.ranges} ({'reused' if result.ranges_reused else 'calibrated now'})"))
+    int8 = result.sidecar.int8 or {}
+    if int8.get("equalized"):
+        rows.append(("equalisation", "cross-layer range equalisation applied before calibration"))
+    if int8.get("high_precision_layers") is not None:
+        kept = int8["high_precision_layers"]
+        rows.append(("layers in float", ", ".join(kept) if kept else "none"))
+    if int8.get("measured_top1_drop_pp") is not None:
+        rows.append(("accuracy budget", f"{int8['measured_top1_drop_pp']:.2f} pp measured <= {int8['max_drop_pp']} pp "
+                                        f"({int8['int8_layers']} of {int8['layers']} layers INT8, "
+                                        f"{int8['eval_images']} held-out images)"))
     v = result.verification
     if v is not None:
         rows += [("verified on", f"{v.images} {v.source}, batch {v.batch}"),

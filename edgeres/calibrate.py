@@ -27,7 +27,7 @@ DEFAULT_BATCH = 32
 
 def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str] | None = None,
               method: str = "entropy", images: int = DEFAULT_IMAGES, batch_size: int = DEFAULT_BATCH,
-              seed: int = 0, quiet: bool = False, **method_options: Any) -> Any:
+              seed: int = 0, quiet: bool = False, equalize: bool = False, **method_options: Any) -> Any:
     """Compute INT8 ranges for every tensor a Q/DQ model of ``onnx_path`` needs.
 
     Args:
@@ -41,6 +41,8 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
             about :data:`edgeres.observe.OBSERVED_BYTES_PER_RUN`, which bounds peak memory).
         seed: seed of the sampling.
         quiet: no progress bar.
+        equalize: calibrate the cross-layer range-equalised graph (recorded in the ranges' ``options``, so the
+            Q/DQ writer equalises the same way).
         **method_options: the collector's options, e.g. ``percentile=99.9`` or ``num_bins=4096``.
 
     Returns:
@@ -71,7 +73,7 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
         reader = ImageFolderReader(paths, load=_loader(pre, card is None), input_name=input_name,
                                    batch_size=batch_size, shape=pre.input_shape)
         count = observe(onnx_path, reader, collector, total=len(paths), quiet=quiet,
-                        desc=f"calibrate ({collector.method.value})")
+                        desc=f"calibrate ({collector.method.value})", equalize=equalize)
         amax = collector.compute()
         # The input's range is known exactly from the preprocessing, and clipping it only destroys information:
         # entropy calibration of a mostly-background image (digits) would clip the strokes at the background level.
@@ -79,7 +81,7 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
         ranges = Ranges(
             amax=amax, method=collector.method.value, num_images=count, model_sha256=sha256_file(onnx_path),
             manifest_sha256=manifest_hash(paths), preprocess=pre.to_dict(),
-            options={**collector.options, "input_amax": "preprocessing"},
+            options={**collector.options, "input_amax": "preprocessing", **({"equalize": True} if equalize else {})},
             created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         )
     log.info("calibrated %d tensors of %s on %d images (%s)", len(amax), onnx_path.name, count, ranges.method)

@@ -51,7 +51,7 @@ def _add_outputs(model: Any, tensors: Sequence[str]) -> int:
 
 
 def observing_session(model: Any, tensors: Sequence[str] | None = None, *,
-                      heavy_collector: bool = False) -> tuple[Any, list[str]]:
+                      heavy_collector: bool = False, equalize: bool = False) -> tuple[Any, list[str]]:
     """An ONNX Runtime CPU session of ``model`` that also outputs the tensors to observe, and their names.
 
     Args:
@@ -61,6 +61,8 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None, *,
         tensors: the tensors to observe; default :func:`edgeres.quantize.tensors_to_observe`.
         heavy_collector: the collector costs about as much per value as the run (histograms): for small
             inputs ONNX Runtime then leaves it half the cores (:data:`SMALL_INPUT_PIXELS`).
+        equalize: a model given as a path is also range-equalised after folding
+            (:func:`edgeres.quantize.equalize.equalize`), as the Q/DQ writer will do.
 
     Raises:
         ModelError: an unreadable model, or a tensor that is not in it.
@@ -79,6 +81,10 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None, *,
             raise ModelError(f"{model} is not a readable ONNX model ({exc})") from exc
         model = fold_batchnorm(loaded, inplace=True)
         del loaded
+        if equalize:
+            from edgeres.quantize.equalize import equalize as equalize_graph
+
+            equalize_graph(model)
     names = list(tensors) if tensors is not None else tensors_to_observe(model)
     added = _add_outputs(model, names)
     try:
@@ -113,7 +119,7 @@ def _input_pixels(model: Any) -> int | None:
 
 def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: Any, *,
             tensors: Sequence[str] | None = None, total: int | None = None, quiet: bool = False,
-            desc: str = "calibrate", run_batch: int | None = None) -> int:
+            desc: str = "calibrate", run_batch: int | None = None, equalize: bool = False) -> int:
     """Run ``model`` on every batch and pass each observed tensor to ``collector.observe(name, values)``.
 
     Args:
@@ -129,6 +135,7 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
             observed intermediates of one run dominate peak memory; per-image speed barely depends on it).
             None (the default) sizes runs from the first image so that one run returns about
             :data:`OBSERVED_BYTES_PER_RUN`.
+        equalize: observe the range-equalised graph (a model given as a path only).
 
     Returns:
         The number of images run.
@@ -139,7 +146,7 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
     from calibration import Method
 
     heavy = getattr(collector, "method", None) not in (None, Method.MINMAX)  # the histogram collectors
-    session, names = observing_session(model, tensors, heavy_collector=heavy)
+    session, names = observing_session(model, tensors, heavy_collector=heavy, equalize=equalize)
     del model
     input_names = [i.name for i in session.get_inputs()]
     fixed = session.get_inputs()[0].shape[0]

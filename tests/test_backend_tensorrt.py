@@ -700,3 +700,36 @@ def test_dispatcher_passes_high_precision_and_tf32(monkeypatch, fp32_onnx, tmp_p
     kept = onnx.load(str(out.with_name(sidecar.int8["qdq_onnx"])))
     assert {i.data_type for i in kept.graph.initializer if i.name.endswith("scale")} == {onnx.TensorProto.FLOAT}
     assert sidecar.int8["high_precision"] == "fp32" and sidecar.options["tf32"] is False
+
+
+def test_layers_left_in_float_stay_there_on_every_era(double, fp32_onnx, tmp_path, card) -> None:
+    """An accuracy budget's float layers: no Q/DQ in the ONNX; 8.x pins them with precision constraints, 10.x/11.x
+    (strongly typed) get them from the FP16-typed network; the engine marks them Half, the rest INT8."""
+    from calibration.ranges import Ranges
+    from edgeres import backends
+    from edgeres.card import attach_card_to_onnx
+    from edgeres.quantize import tensors_to_observe
+
+    model = onnx.load(str(fp32_onnx))
+    attach_card_to_onnx(model, card)
+    src = tmp_path / "tiny.card.onnx"
+    onnx.save(model, str(src))
+    kept = "/conv2/Conv"
+    assert kept in {n.name for n in model.graph.node}
+    ranges = Ranges(amax={name: 4.0 for name in tensors_to_observe(model)} | {"input": 4.0}, method="minmax",
+                    num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
+                    preprocess=card.preprocess.to_dict())
+    out = tmp_path / "tiny.int8.engine"
+    backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, profile=PROFILE,
+                   keep_fp32=[kept], progress=False)
+    header, sidecar = _engine_header(out), read_sidecar_for(out)
+    by_name = {name: prec for name, _, prec in header["layers"]}
+    convs = {name: prec for name, op, prec in header["layers"] if op == "Conv"}
+    assert convs.pop(kept) == "Half" and set(convs.values()) == {"Int8"}, by_name
+    weakly = double.version.startswith("8.")
+    assert ("OBEY_PRECISION_CONSTRAINTS" in header["builder_flags"]) == weakly
+    assert sidecar.int8["float_layers"] == [kept]
+    qdq = onnx.load(str(out.with_name(sidecar.int8["qdq_onnx"])))
+    dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    conv2 = next(n for n in qdq.graph.node if n.name == kept)
+    assert not any(name in dq_out for name in conv2.input), "no Q/DQ on the layer left in float"

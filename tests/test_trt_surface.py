@@ -29,6 +29,8 @@ BRANCH_ONLY = {
     "NetworkDefinitionCreationFlag.EXPLICIT_BATCH": V8,  # required on 8.x
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED": V10,  # Q/DQ on 10.x
     "BuilderFlag.FP16": PRE_11,  # weakly typed networks only
+    "BuilderFlag.OBEY_PRECISION_CONSTRAINTS": PRE_11,  # layers an accuracy budget keeps in float (weakly typed)
+    "ILayer.precision": PRE_11,
     "BuilderFlag.INT8": PRE_11,
     "IInt8EntropyCalibrator2": PRE_11,  # implicit INT8
     "IInt8MinMaxCalibrator": PRE_11,
@@ -62,7 +64,7 @@ TRT_OBJECTS = {
     "engine": "ICudaEngine", "cache": "ITimingCache", "serialized": "IHostMemory", "sev": "ILogger.Severity",
     "flags": "NetworkDefinitionCreationFlag",
     "self._engine": "ICudaEngine", "self._context": "IExecutionContext", "self._runtime": "Runtime",
-    "net.network": "INetworkDefinition", "net.parser": "OnnxParser",
+    "net.network": "INetworkDefinition", "net.parser": "OnnxParser", "trt_layer": "ILayer",
 }
 TRT_MODULE = {"trt", "self._trt"}
 CUDA_MODULE = {"cuda", "self._cuda", "self.cuda", "ctx.cuda"}
@@ -409,7 +411,7 @@ def test_pycuda_double_enforces_context_rules() -> None:
     start.record(stream)
     end.record(stream)
     assert not back.any(), "async work runs only when the stream is synchronised"
-    with pytest.raises(drv.LogicError, match="not ready"):
+    with pytest.raises(drv.RuntimeError, match="not ready"):
         start.time_till(end)
     stream.synchronize()
     assert (back == 7.0).all() and start.time_till(end) >= 0

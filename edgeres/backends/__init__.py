@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from edgeres.backends.base import (
     BackendName, BatchProfile, Precision, Runner, Sidecar, StageTimes, read_sidecar_for, sidecar_path,
@@ -91,7 +91,8 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
           int8_provenance: dict[str, Any] | None = None, threads: int | None = None,
           int8_mode: str = "explicit", workspace_mb: int | None = None, timing_cache: str | Path | None = None,
           opt_level: int | None = None, dla_core: int | None = None, version_compatible: bool = False,
-          high_precision: str = "fp16", tf32: bool = True, progress: bool = True) -> Path:
+          high_precision: str = "fp16", tf32: bool = True, keep_fp32: Sequence[str] = (),
+          progress: bool = True) -> Path:
     """Build an artifact (engine or ONNX) plus its sidecar from an FP32 ONNX that carries the model card.
 
     Args:
@@ -106,6 +107,8 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
         int8_mode, workspace_mb, timing_cache, opt_level, dla_core, version_compatible, progress: TensorRT only.
         high_precision: TensorRT int8: the precision of the unquantized layers, "fp16" (default) or "fp32".
         tf32: TensorRT: False clears TF32 for strict FP32 layers.
+        keep_fp32: int8: node names left without Q/DQ (in float: FP32 on ONNX Runtime, ``high_precision`` on
+            TensorRT, held there by precision constraints on weakly typed builds).
 
     Returns:
         The artifact path.
@@ -135,18 +138,19 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
             log.warning("ONNX Runtime ignores the TensorRT option(s) %s", ", ".join(ignored))
 
         ort_backend.build(src, precision=precision, out=out, card=card, source_onnx_sha256=source_sha,
-                          profile=profile, ranges=ranges, int8_provenance=int8_provenance, threads=threads)
+                          profile=profile, ranges=ranges, int8_provenance=int8_provenance, threads=threads,
+                          keep_fp32=keep_fp32)
         return out
     return _build_tensorrt(src, precision=precision, out=out, card=card, source_sha=source_sha, profile=profile,
                            ranges=ranges, int8_provenance=int8_provenance or {}, int8_mode=int8_mode,
                            workspace_mb=workspace_mb, timing_cache=timing_cache, opt_level=opt_level,
                            dla_core=dla_core, version_compatible=version_compatible, high_precision=high_precision,
-                           tf32=tf32, progress=progress)
+                           tf32=tf32, keep_fp32=tuple(keep_fp32), progress=progress)
 
 
 def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, source_sha: str,
                     profile: BatchProfile, ranges: Any, int8_provenance: dict[str, Any], int8_mode: str,
-                    **options: Any) -> Path:
+                    keep_fp32: tuple[str, ...] = (), **options: Any) -> Path:
     trt = _tensorrt()
     onnx_for_trt, cache = src, None
     int8: dict[str, Any] = {}
@@ -156,8 +160,7 @@ def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, so
 
             # the signed Q/DQ model TensorRT gets is kept beside the engine: its CPU accuracy predicts the engine's
             onnx_for_trt = out.with_name(out.stem + ".qdq.onnx")
-            if options.get("high_precision", "fp16") == "fp16" and trt.qdq_builds_strongly_typed(
-                    trt.Features.detect(trt._trt())):
+            if options.get("high_precision", "fp16") == "fp16" and trt.qdq_builds_strongly_typed():
                 import tempfile
 
                 from edgeres.quantize import to_fp16
@@ -166,10 +169,10 @@ def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, so
                 # model is exactly what TensorRT parses, so its CPU accuracy still predicts the engine's
                 with tempfile.TemporaryDirectory(prefix="edgeres-qdq-") as tmp:
                     staged = Path(tmp) / "fp32-rest.qdq.onnx"
-                    quantize_qdq(src, ranges, out=staged, activations="s8")
+                    quantize_qdq(src, ranges, out=staged, activations="s8", keep_fp32=keep_fp32)
                     to_fp16(staged, onnx_for_trt)
             else:
-                quantize_qdq(src, ranges, out=onnx_for_trt, activations="s8")
+                quantize_qdq(src, ranges, out=onnx_for_trt, activations="s8", keep_fp32=keep_fp32)
             int8 = {"mode": "explicit", "activations": "s8", "qdq_onnx": onnx_for_trt.name,
                     "qdq_onnx_sha256": sha256_file(onnx_for_trt)}
         elif int8_mode == "implicit":
@@ -184,7 +187,7 @@ def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, so
             raise InputError(f"--int8-mode must be explicit or implicit, got {int8_mode!r}")
     sidecar = trt.build_engine(
         onnx_for_trt, out=out, precision=precision, card=card, source_onnx_sha256=source_sha, profile=profile,
-        int8_mode=int8_mode, calibration_cache=cache, **options,
+        int8_mode=int8_mode, calibration_cache=cache, keep_float_layers=keep_fp32, **options,
     )
     if precision is Precision.INT8:
         sidecar.int8 = {**sidecar.int8, **int8, **int8_provenance}

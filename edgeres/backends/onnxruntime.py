@@ -123,7 +123,8 @@ def _optimise(src: Path, out: Path, card: ModelCard) -> None:
 
 def build(onnx_path: str | Path, *, precision: Precision | str, out: str | Path, card: ModelCard,
           source_onnx_sha256: str, profile: BatchProfile = BatchProfile(), ranges: Any = None,
-          int8_provenance: dict[str, Any] | None = None, threads: int | None = None) -> Sidecar:
+          int8_provenance: dict[str, Any] | None = None, threads: int | None = None,
+          keep_fp32: Sequence[str] = ()) -> Sidecar:
     """Build an ONNX Runtime artifact and its sidecar.
 
     Args:
@@ -136,6 +137,7 @@ def build(onnx_path: str | Path, *, precision: Precision | str, out: str | Path,
         ranges: a :class:`calibration.ranges.Ranges`; required for int8.
         int8_provenance: what to record about the ranges (method, images, hashes).
         threads: recorded as the default intra-op thread count for runners of this artifact.
+        keep_fp32: int8: node names left in FP32 (no Q/DQ).
 
     Returns:
         The sidecar written beside ``out``.
@@ -161,7 +163,7 @@ def build(onnx_path: str | Path, *, precision: Precision | str, out: str | Path,
         else:
             from edgeres.quantize import quantize_qdq
 
-            quantize_qdq(src, ranges, out=staging, activations="u8")
+            quantize_qdq(src, ranges, out=staging, activations="u8", keep_fp32=list(keep_fp32))
             int8 = {"mode": "explicit", "activations": "u8", **(int8_provenance or {})}
         _mark(staging, card, precision)
         _session(staging, session_options(threads=1), ["CPUExecutionProvider"])  # it loads before we vouch for it

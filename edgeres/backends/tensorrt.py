@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -213,7 +213,7 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
                  calibration_cache: Path | None = None, workspace_mb: int | None = None,
                  timing_cache: Path | None = None, opt_level: int | None = None, dla_core: int | None = None,
                  version_compatible: bool = False, tf32: bool = True, high_precision: str = "fp16",
-                 progress: bool = True,
+                 keep_float_layers: Sequence[str] = (), progress: bool = True,
                  calibration_data: Iterable[np.ndarray] | None = None) -> Sidecar:
     """Build a TensorRT engine from ONNX and write it with its sidecar, atomically.
 
@@ -235,6 +235,9 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
         high_precision: int8 only: the precision of the layers left unquantized, "fp16" (NVIDIA's quantizer's
             default) or "fp32". 8.x/10.x weakly typed: the FP16 builder flag; strongly typed (Q/DQ on 10.x, all of
             11.x): a Q/DQ ONNX whose float part is FP16 (:func:`edgeres.quantize.convert_fp16`).
+        keep_float_layers: int8: layers (ONNX node names) the Q/DQ ONNX leaves without Q/DQ. Strongly typed
+            networks keep them in float by their types; weakly typed ones (8.x, implicit INT8 on 10.x) get a
+            precision constraint (``ILayer.precision`` + ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``).
         tf32: let FP32 layers use TF32 tensor cores (Ampere and newer; TensorRT's default); False clears
             ``BuilderFlag.TF32`` for strict FP32.
         progress: show build progress on stderr.
@@ -275,7 +278,7 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
                       source_onnx_sha256=source_onnx_sha256, profile=profile, int8_mode=int8_mode,
                       calibration_cache=calibration_cache, workspace_mb=workspace_mb, timing_cache=timing_cache,
                       opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible, tf32=tf32,
-                      high_precision=high_precision, progress=progress,
+                      high_precision=high_precision, keep_float_layers=tuple(keep_float_layers), progress=progress,
                       calibration_data=calibration_data if on_device else None, ctx=ctx)
 
 
@@ -283,8 +286,8 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
            precision: Precision, card: ModelCard, source_onnx_sha256: str, profile: BatchProfile, int8_mode: str,
            calibration_cache: Path | None, workspace_mb: int | None, timing_cache: Path | None,
            opt_level: int | None, dla_core: int | None, version_compatible: bool, tf32: bool,
-           high_precision: str, progress: bool, calibration_data: Iterable[np.ndarray] | None,
-           ctx: cu.CudaContext) -> Sidecar:
+           high_precision: str, keep_float_layers: tuple[str, ...], progress: bool,
+           calibration_data: Iterable[np.ndarray] | None, ctx: cu.CudaContext) -> Sidecar:
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
         src = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp), high_precision=high_precision)
         logger = _Logger(trt)
@@ -294,7 +297,8 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
         flags = _configure(trt, builder, network, config, feat, precision=precision, int8_mode=int8_mode,
                            calibration_cache=calibration_cache, profile=profile, workspace_mb=workspace_mb,
                            opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
-                           tf32=tf32, high_precision=high_precision, integrated=_is_integrated(),
+                           tf32=tf32, high_precision=high_precision, keep_float_layers=keep_float_layers,
+                           integrated=_is_integrated(),
                            calibration_data=calibration_data, ctx=ctx)
         cache = _load_timing_cache(config, timing_cache)
         device_calibration = flags["device_calibration"]
@@ -316,7 +320,8 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
                        sources={"onnx_sha256": source_onnx_sha256, "network_onnx_sha256": built_from})
     int8: dict[str, Any] = {}
     if precision is Precision.INT8:
-        int8 = {"mode": int8_mode, "strongly_typed": flags["strongly_typed"], "high_precision": high_precision}
+        int8 = {"mode": int8_mode, "strongly_typed": flags["strongly_typed"], "high_precision": high_precision,
+                "float_layers": list(keep_float_layers)}
         calibrator = flags["calibrator"]
         if device_calibration is not None:
             int8.update(calibrated_on_device=True, calibration_batches=calibrator.batches,
@@ -381,8 +386,10 @@ def _check_symmetric_int8(model: Any, path: Path) -> None:
                              f"signed Q/DQ itself) or quantize with --activations s8")
 
 
-def qdq_builds_strongly_typed(feat: Features) -> bool:
-    """Whether a Q/DQ network is built strongly typed here (10.x, 11.x): its types, not flags, set precision."""
+def qdq_builds_strongly_typed(feat: Features | None = None) -> bool:
+    """Whether a Q/DQ network is built strongly typed (10.x, 11.x): its types, not flags, set precision.
+    ``feat`` defaults to the installed TensorRT's."""
+    feat = feat if feat is not None else Features.detect(_trt())
     return feat.always_strongly_typed or feat.strongly_typed is not None
 
 
@@ -475,7 +482,7 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
                precision: Precision, int8_mode: str, calibration_cache: Path | None, profile: BatchProfile,
                workspace_mb: int | None, opt_level: int | None, dla_core: int | None, version_compatible: bool,
                tf32: bool, high_precision: str, integrated: bool, calibration_data: Iterable[np.ndarray] | None,
-               ctx: cu.CudaContext) -> dict[str, Any]:
+               ctx: cu.CudaContext, keep_float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
     network = net.network
     calibrator = device_calibration = None
     strongly = feat.always_strongly_typed or bool(feat.strongly_typed is not None and net.flags
@@ -488,6 +495,8 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
             config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ on 8.x needs it too
             if high_precision == "fp16":  # layers without INT8 kernels/scales fall back to FP16, not FP32
                 config.set_flag(trt.BuilderFlag.FP16)
+            if keep_float_layers:
+                _pin_float_layers(trt, network, config, keep_float_layers, high_precision)
             if int8_mode == "implicit":
                 if calibration_data is not None:
                     device_calibration = _DeviceCalibration(trt, ctx, calibration_data)
@@ -520,6 +529,22 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
     return {"builder": builder_flags, "network": network_flags, "strongly_typed": strongly, "calibrator": calibrator,
             "device_calibration": device_calibration, "dla_layers": dla_layers,
             "tf32": bool(tf32_flag is not None and config.get_flag(tf32_flag))}
+
+
+def _pin_float_layers(trt: ModuleType, network: Any, config: Any, names: tuple[str, ...], high_precision: str) -> None:
+    """8.x / weakly typed 10.x: hold the layers an accuracy budget left in float there (the parser names each
+    layer after its ONNX node), so the builder cannot pick INT8 kernels for them."""
+    wanted = set(names)
+    dtype = trt.DataType.HALF if high_precision == "fp16" else trt.DataType.FLOAT
+    pinned = set()
+    for i in range(network.num_layers):
+        trt_layer = network.get_layer(i)
+        if trt_layer.name in wanted:
+            trt_layer.precision = dtype
+            pinned.add(trt_layer.name)
+    if wanted - pinned:
+        log.warning("no TensorRT layer is named %s: those stay unconstrained", ", ".join(sorted(wanted - pinned)))
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
 
 def _set_opt_level(trt: ModuleType, config: Any, feat: Features, opt_level: int) -> None:
@@ -575,11 +600,11 @@ def _use_dla(trt: ModuleType, builder: Any, network: Any, config: Any, dla_core:
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = int(dla_core)
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
-    on_dla = sum(1 for layer in layers if config.can_run_on_DLA(layer))
-    log.info("DLA core %d takes %d of %d layers; %d fall back to the GPU", dla_core, on_dla, len(layers),
-             len(layers) - on_dla)
-    return {"dla": on_dla, "gpu": len(layers) - on_dla}
+    trt_layers = [network.get_layer(i) for i in range(network.num_layers)]
+    on_dla = sum(1 for trt_layer in trt_layers if config.can_run_on_DLA(trt_layer))
+    log.info("DLA core %d takes %d of %d layers; %d fall back to the GPU", dla_core, on_dla, len(trt_layers),
+             len(trt_layers) - on_dla)
+    return {"dla": on_dla, "gpu": len(trt_layers) - on_dla}
 
 
 def _attach_calibrator(trt: ModuleType, config: Any, calibration_cache: Path | None) -> Any:

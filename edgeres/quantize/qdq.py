@@ -47,6 +47,9 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
         per_channel: per-output-channel weight scales (TensorRT's choice); False uses one scale per tensor.
         force: replace an existing ``out``.
 
+    Ranges calibrated with cross-layer range equalisation (``ranges.options["equalize"]``) are applied to the
+    equalised graph (:func:`edgeres.quantize.equalize.equalize`, deterministic), which is what they describe.
+
     Returns:
         ``out`` as a Path.
 
@@ -63,8 +66,10 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     if out.resolve() == onnx_path.resolve():
         raise InputError(f"--out {out} is the FP32 model itself; choose another file name")
     ranges = load_ranges_for(onnx_path, ranges)
+    # ranges observed on the range-equalised graph hold for that graph only: quantize the same one
+    equalize = bool(ranges.options.get("equalize", False))
     qmodel = quantize_model(onnx.load(str(onnx_path)), ranges.amax, activations=activations, keep_fp32=keep_fp32,
-                            per_channel=per_channel, inplace=True)
+                            per_channel=per_channel, inplace=True, equalize=equalize)
     _record(qmodel, ranges, activations=Activations(activations), keep_fp32=list(keep_fp32))
     save_onnx_checked(qmodel, out, what=f"the Q/DQ model written from {onnx_path}", force=force)
     log.info("wrote %s (%s activations)", out, Activations(activations).value)
@@ -72,11 +77,13 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
 
 
 def quantize_model(model: Any, amax: Mapping[str, float], *, activations: Activations | str = Activations.S8,
-                   keep_fp32: Iterable[str] = (), per_channel: bool = True, inplace: bool = False) -> Any:
+                   keep_fp32: Iterable[str] = (), per_channel: bool = True, inplace: bool = False,
+                   equalize: bool = False) -> Any:
     """The Q/DQ twin of ``model`` (an ``onnx.ModelProto``) for per-tensor ``amax`` values.
 
     ``model`` is left unchanged unless ``inplace``, which rewrites and returns ``model`` itself instead of holding
-    a second copy of its weights.
+    a second copy of its weights. ``equalize`` applies cross-layer range equalisation after BatchNorm folding
+    (the ``amax`` values must then have been observed on the equalised graph).
     """
     import onnx
 
@@ -86,6 +93,10 @@ def quantize_model(model: Any, amax: Mapping[str, float], *, activations: Activa
         raise ModelError(f"the model uses ONNX opset {opset}; per-channel Q/DQ needs opset >= {MIN_OPSET}: "
                          "re-export it (edgeres export uses 17)")
     folded = fold_batchnorm(model, inplace=inplace)
+    if equalize:
+        from edgeres.quantize.equalize import equalize as equalize_graph
+
+        equalize_graph(folded)
     place = placement(folded, activations, keep_fp32=keep_fp32)
     missing = sorted({place.same_as.get(t, t) for t in place.edges} - set(amax))
     if missing:

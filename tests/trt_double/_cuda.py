@@ -404,8 +404,8 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
             return self.time is not None
 
         def time_till(self, end: Event) -> float:
-            if self.time is None or end.time is None:
-                raise LogicError("cuEventElapsedTime failed: device not ready")
+            if self.time is None or end.time is None:  # pycuda maps CUDA_ERROR_NOT_READY to its RuntimeError
+                raise CudaRuntimeError("cuEventElapsedTime failed: device not ready")
             return (end.time - self.time) * 1000.0
 
         def time_since(self, start: Event) -> float:

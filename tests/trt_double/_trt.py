@@ -178,7 +178,7 @@ class INetworkDefinition(_Obj):
 
     def get_layer(self, index: int) -> Any:
         name, op = self._d_nodes[index]
-        return self._d_mod.ILayer._d_new(name=name or f"node_{index}", op=op, index=index)
+        return self._d_mod.ILayer._d_new(name=name or f"node_{index}", op=op, index=index, net=self)
 
 
 # ONNX op -> TensorRT LayerType of the layer the parser makes for it
@@ -201,6 +201,21 @@ class ILayer(_Obj):
     @property
     def type(self) -> Any:
         return getattr(self._d_mod.LayerType, OP_TO_LAYER.get(self._d_op, "IDENTITY"))
+
+    @property
+    def precision(self) -> Any:
+        name = self._d_net.__dict__.get("_d_layer_precision", {}).get(self._d_name, "FLOAT")
+        return getattr(self._d_mod.DataType, name)
+
+    @precision.setter
+    def precision(self, value: Any) -> None:
+        if not isinstance(value, self._d_mod.DataType):
+            raise TypeError("ILayer.precision: incompatible type (a tensorrt.DataType is needed)")
+        self._d_net.__dict__.setdefault("_d_layer_precision", {})[self._d_name] = value.name
+
+    @property
+    def precision_is_set(self) -> bool:
+        return self._d_name in self._d_net.__dict__.get("_d_layer_precision", {})
 
 
 class ParserError(_Obj):
@@ -579,8 +594,18 @@ class _Build:
         tc = cfg.get_timing_cache()
         if tc is not None:
             object.__setattr__(tc, "_d_entries", tc._d_entries + len(net._d_nodes))
-        precision = "Int8" if (has_qdq or scales) else ("Half" if "FP16" in self.flag_names or any(
-            t._d_dtype == "HALF" for t in net._d_inputs) or _has_fp16(net) else "Float")
+        base = "Half" if "FP16" in self.flag_names or any(t._d_dtype == "HALF" for t in net._d_inputs) or _has_fp16(
+            net) else "Float"
+        # precision constraints bind only with OBEY_PRECISION_CONSTRAINTS (NvInfer.h ILayer::setPrecision)
+        pinned = net.__dict__.get("_d_layer_precision", {}) if "OBEY_PRECISION_CONSTRAINTS" in self.flag_names else {}
+        qdq_fed = _qdq_fed_nodes(net) if has_qdq else set()
+
+        def precision(i: int, name: str) -> str:
+            if name in pinned:
+                return {"HALF": "Half", "FLOAT": "Float", "INT8": "Int8"}.get(pinned[name], "Float")
+            if scales:  # implicit INT8: every layer may run INT8 with calibrated scales
+                return "Int8"
+            return "Int8" if i in qdq_fed else base  # explicit: only what Q/DQ bracket is INT8
         return {
             "trt_version": mod.__version__, "network_flags": net._d_flags, "strongly_typed": strongly,
             "builder_flags": self.flag_names, "profile": profile, "int8_scales": scales,
@@ -589,7 +614,8 @@ class _Build:
             "dla_layers": dla_layers, "version_compatible": "VERSION_COMPATIBLE" in self.flag_names,
             "workspace": cfg._d_pools.get("WORKSPACE"), "opt_level": getattr(cfg, "builder_optimization_level", None),  # 8.6+
             "detailed": cfg.profiling_verbosity == mod.ProfilingVerbosity.DETAILED,
-            "layers": [[name or f"node_{i}", op, precision] for i, (name, op) in enumerate(net._d_nodes)],
+            "layers": [[name or f"node_{i}", op, precision(i, name or f"node_{i}")]
+                       for i, (name, op) in enumerate(net._d_nodes)],
             "io": [[t._d_name, "INPUT", t._d_dtype, list(t._d_shape)] for t in net._d_inputs]
             + [[t._d_name, "OUTPUT", t._d_dtype, list(t._d_shape)] for t in net._d_outputs],
         }
@@ -693,6 +719,16 @@ class _Build:
         text = header + "\n" + "".join(f"{k}: {struct.pack('>f', v).hex()}\n" for k, v in scales.items())
         calib.write_calibration_cache(text.encode())
         return scales
+
+
+def _qdq_fed_nodes(net: Any) -> set[int]:
+    """Indices of the nodes that read a DequantizeLinear output: the layers explicit quantization runs in INT8."""
+    import onnx
+
+    proto = onnx.load_from_string(net._d_onnx)
+    dq_outputs = {out for node in proto.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return {i for i, node in enumerate(proto.graph.node)
+            if node.op_type not in QDQ_OPS and any(name in dq_outputs for name in node.input)}
 
 
 def _has_fp16(net: Any) -> bool:
