@@ -733,3 +733,62 @@ def test_layers_left_in_float_stay_there_on_every_era(double, fp32_onnx, tmp_pat
     dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     conv2 = next(n for n in qdq.graph.node if n.name == kept)
     assert not any(name in dq_out for name in conv2.input), "no Q/DQ on the layer left in float"
+
+
+def test_double_puts_every_layer_on_the_gpu_for_dla_with_a_dynamic_profile(monkeypatch, fp32_onnx) -> None:
+    """What TensorRT does with DLA and min != max (what edgeres refuses up front): with GPU fallback every layer
+    silently runs on the GPU; without it the build fails."""
+    double = install(monkeypatch, "10.13.3", dla_cores=2)
+    trt, cuda = double.trt, double.cuda
+    cuda.init()
+    ctx = cuda.Device(0).retain_primary_context()
+    ctx.push()
+    try:
+        for fallback in (True, False):
+            logger = trt.Logger()
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            assert parser.parse(fp32_onnx.read_bytes())
+            config = builder.create_builder_config()
+            profile = builder.create_optimization_profile()
+            profile.set_shape("input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))
+            config.add_optimization_profile(profile)
+            config.set_flag(trt.BuilderFlag.FP16)
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = 0
+            if fallback:
+                config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+            serialized = builder.build_serialized_network(network, config)
+            if fallback:
+                head = json.loads(bytes(serialized)[12:12 + struct.unpack("<I", bytes(serialized)[8:12])[0]])
+                assert head["dla_layers"] == 0
+                assert any("all layers run on the GPU" in m for _, m in double.messages)
+            else:
+                assert serialized is None
+                assert any("DLA does not support dynamic shapes" in m for _, m in double.messages)
+    finally:
+        cuda.Context.pop()
+        ctx.detach()
+
+
+def test_the_pycuda_double_frees_like_pycuda(double) -> None:
+    """device_allocation::free activates its own context on the thread that made it; elsewhere it leaks."""
+    cuda = double.cuda
+    cuda.init()
+    ctx = cuda.Device(0).retain_primary_context()
+    ctx.push()
+    kept, other = cuda.mem_alloc(64), cuda.mem_alloc(64)
+    cuda.Context.pop()
+    kept.free()  # not current, but this is the context's own thread: pycuda pushes it for the call
+    with pytest.raises(cuda.LogicError, match="freed twice"):
+        kept.free()
+    errors: list = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(cuda.LogicError, other.free)))
+    t.start()
+    t.join()
+    assert errors and "out-of-thread" in str(errors[0].value)
+    ctx.push()
+    other.free()
+    ctx.detach()
+    assert not double.gpu.memory

@@ -281,9 +281,11 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
                         del gpu.memory[ptr]
 
     class DeviceAllocation:
-        def __init__(self, ptr: int, nbytes: int) -> None:
+        def __init__(self, ptr: int, nbytes: int, owner: Context) -> None:
             self.ptr = ptr
             self.nbytes = nbytes
+            self._d_owner = owner  # pycuda's explicit_context_dependent: the context current at allocation
+            self._d_freed = False
 
         def __int__(self) -> int:
             return self.ptr
@@ -292,17 +294,28 @@ def make_driver(gpu: FakeGpu) -> types.ModuleType:
             return self.ptr
 
         def free(self) -> None:
-            ctx = gpu.current("cuMemFree").cu
+            """pycuda ``device_allocation::free`` (src/cpp/cuda.hpp): activates its own context for the call
+            (``scoped_context_activation``) when that context is not current, which works only on the thread
+            that made the context (elsewhere pycuda warns and frees nothing: the double refuses); a second free
+            is CUDA_ERROR_INVALID_HANDLE; memory of a dead context is silently gone."""
+            if self._d_freed:
+                raise LogicError("cuMemFree failed: invalid resource handle (freed twice)")
+            owner = self._d_owner
+            stack = gpu.stack()
+            current = stack[-1] if stack else None
+            if not owner.cu.alive:
+                self._d_freed = True
+                return
+            if (current is None or current.cu is not owner.cu) and threading.get_ident() != owner.thread:
+                raise LogicError("cannot activate out-of-thread context: this allocation's context is not current "
+                                 "and was made on another thread; pycuda leaks the memory. Push the context first.")
             with gpu.lock:
-                entry = gpu.memory.get(self.ptr)
-                if entry is not None:
-                    if entry[1] is not ctx:
-                        raise LogicError("cuMemFree failed: invalid argument (memory of another context)")
-                    del gpu.memory[self.ptr]
+                gpu.memory.pop(self.ptr, None)
+            self._d_freed = True
 
     def mem_alloc(nbytes: int) -> DeviceAllocation:
         ctx = gpu.current("cuMemAlloc")
-        return DeviceAllocation(gpu.alloc(nbytes, ctx), int(nbytes))
+        return DeviceAllocation(gpu.alloc(nbytes, ctx), int(nbytes), ctx)
 
     def mem_get_info() -> tuple[int, int]:
         ctx = gpu.current("cuMemGetInfo")
