@@ -183,7 +183,8 @@ class TritonServer:
 
     @property
     def log_path(self) -> Path:
-        assert self._log_path is not None, "start() first"
+        if self._log_path is None:
+            raise ServerError("the server has not been started, so it has no log yet")
         return self._log_path
 
     def command(self, backends: Path) -> list[str]:
@@ -225,7 +226,8 @@ class TritonServer:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
-            assert self.process is not None
+            if self.process is None:
+                raise ServerError("start() was not called")
             if self.process.poll() is not None:
                 raise ServerError(f"Triton exited with code {self.process.returncode} while starting: "
                                   f"{self.log_tail()}")
@@ -242,7 +244,7 @@ class TritonServer:
         """The last error lines of the server log (NVML/DCGM complaints on a GPU-less machine left out)."""
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
-        except (OSError, AssertionError):
+        except (OSError, ServerError):
             return "(no log)"
         noise = ("NVML", "DCGM", "CudaDriverHelper", "CUDA driver", "+--", "| ")
         keep = [t for t in text if t.strip() and not any(n in t for n in noise)]
