@@ -243,7 +243,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     cfg = _recipe(cfg, dataset_name)
     assert cfg.epochs is not None and cfg.lr is not None
     _validate(cfg)
-    if cfg.arch not in models.names():
+    if not models.is_known(cfg.arch):  # the named archs, or a CIFAR resnet<6n+2> / plain<6n+2>
         raise InputError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(models.names())}")
     pre = default_preprocess(cfg.arch, dataset_name, size=cfg.size, channels=3)
     card = ModelCard(

@@ -348,3 +348,26 @@ def test_onnx_export_matches_torch_in_onnxruntime(tmp_path, name: str, shortcut:
         assert got.shape == (batch, 10)
         assert np.abs(got - expected).max() <= 1e-4
         assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+# --- any CIFAR depth 6n + 2 -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, blocks, residual", [("resnet8", 1, True), ("plain14", 2, False)])
+def test_cifar_depth_by_name(name: str, blocks: int, residual: bool) -> None:
+    model = models.create(name, num_classes=4, in_channels=1)
+    assert len(model.layer1) == len(model.layer3) == blocks and model.residual is residual
+    assert models.is_known(name) and models.default_input_size(name) == 32
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", ["resnet19", "plain2", "resnet9x"])
+def test_depth_not_6n_plus_2_is_unknown(name: str) -> None:
+    assert not models.is_known(name)
+    with pytest.raises(ModelError, match=name):
+        models.create(name)
+
+
+def test_named_architectures_win_over_depth_names() -> None:
+    assert models.default_input_size("resnet50") == 224  # 50 = 6*8 + 2, but resnet50 is the ImageNet net
+    assert "shortcut" not in models.options("plain8")

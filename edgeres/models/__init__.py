@@ -19,7 +19,7 @@ from torch import nn
 
 from edgeres.errors import ModelError
 from edgeres.models.cifar import (
-    CifarResNet, Shortcut, ShortcutA, plain20, plain32, plain44, plain56, plain110,
+    CifarResNet, Shortcut, ShortcutA, cifar_depth_factory, plain20, plain32, plain44, plain56, plain110,
     resnet20, resnet32, resnet44, resnet56, resnet110,
 )
 from edgeres.models.resnet import (
@@ -30,7 +30,7 @@ from edgeres.models.resnet import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "create", "names", "default_input_size", "options",
+    "create", "names", "is_known", "default_input_size", "options",
     "ResNet", "CifarResNet", "BasicBlock", "Bottleneck", "ShortcutA", "Shortcut", "StrideOn",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "plain18", "plain34",
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
@@ -53,15 +53,28 @@ _REGISTRY: dict[str, _Entry] = {
 
 
 def names() -> list[str]:
-    """Every architecture name :func:`create` accepts, sorted."""
+    """The named architectures, sorted. :func:`create` also accepts ``resnet<D>`` / ``plain<D>`` for any other
+    CIFAR depth ``D = 6n + 2`` (see :func:`is_known`)."""
     return sorted(_REGISTRY)
 
 
 def _entry(name: str) -> _Entry:
     entry = _REGISTRY.get(name.lower()) if isinstance(name, str) else None
+    if entry is None and isinstance(name, str):  # resnet8, plain14, ...: the CIFAR family at any depth 6n + 2
+        factory = cifar_depth_factory(name.lower())
+        entry = _Entry(factory, 32) if factory is not None else None
     if entry is None:
         raise ModelError(f"unknown architecture {name!r}; choose one of: {', '.join(names())}")
     return entry
+
+
+def is_known(name: str) -> bool:
+    """Whether :func:`create` builds ``name``: one of :func:`names`, or a CIFAR ``resnet<6n+2>`` / ``plain<6n+2>``."""
+    try:
+        _entry(name)
+    except ModelError:
+        return False
+    return True
 
 
 def options(name: str) -> list[str]:

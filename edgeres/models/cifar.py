@@ -8,8 +8,9 @@ option B (1x1 projection and BatchNorm). The plain twins have no shortcuts at al
 """
 from __future__ import annotations
 
+import re
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from edgeres.models.resnet import BasicBlock, check_int_option, conv1x1, conv3x3
 __all__ = [
     "Shortcut", "ShortcutA", "CifarResNet",
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-    "plain20", "plain32", "plain44", "plain56", "plain110",
+    "plain20", "plain32", "plain44", "plain56", "plain110", "cifar_depth_factory",
 ]
 
 
@@ -190,6 +191,27 @@ def resnet110(*, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut
     """ResNet-110 (n=18), 1.7M parameters with option A and 10 classes (options as resnet20)."""
     return _cifar_resnet(18, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut,
                          zero_init_residual=zero_init_residual)
+
+
+def cifar_depth_factory(name: str) -> Callable[..., CifarResNet] | None:
+    """The factory of ``resnet<D>`` / ``plain<D>`` for any depth ``D = 6n + 2`` (``resnet8``, ``plain14``, ...),
+    with the options of :func:`resnet20` / :func:`plain20`; None when ``name`` is not of that form."""
+    match = re.fullmatch(r"(resnet|plain)(\d+)", name)
+    if match is None or (int(match[2]) - 2) % 6 or int(match[2]) < 8:
+        return None
+    n = (int(match[2]) - 2) // 6
+    if match[1] == "plain":
+        def plain(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+            return _cifar_resnet(n, num_classes=num_classes, in_channels=in_channels, residual=False)
+        factory: Callable[..., CifarResNet] = plain
+    else:
+        def residual(*, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut | str = Shortcut.A,
+                     zero_init_residual: bool = False) -> CifarResNet:
+            return _cifar_resnet(n, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut,
+                                 zero_init_residual=zero_init_residual)
+        factory = residual
+    factory.__name__ = factory.__qualname__ = name
+    return factory
 
 
 def plain20(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
