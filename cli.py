@@ -65,10 +65,19 @@ class _EdgeresGroup(click.Group):
 @click.version_option(__version__, prog_name="edgeres")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and results; no progress bars.")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), envvar="EDGERES_MAX_IMAGE_PIXELS",
+              help="Largest image (width x height) decoded; larger ones are refused as possible decompression "
+                   "bombs [Pillow's 89,478,485; env EDGERES_MAX_IMAGE_PIXELS].")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, max_image_pixels: int | None) -> None:
     """edgeres: train a ResNet, export it to ONNX, calibrate INT8, build a TensorRT (or ONNX Runtime) engine,
     run it on images, benchmark it and gate regressions."""
+    if max_image_pixels is not None:
+        from PIL import Image
+
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_image_pixels
+        ctx.call_on_close(lambda: setattr(Image, "MAX_IMAGE_PIXELS", previous))  # for callers in the same process
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
@@ -759,6 +768,31 @@ def serve(ctx: click.Context, artifact: Path, http_port: int, grpc_port: int, me
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted()
+
+
+@cli.command("env")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def env_cmd(as_json: bool) -> None:
+    """Which Python, packages and TensorRT edgeres uses here, their versions and where they come from (on a Jetson:
+    JetPack's TensorRT and pycuda, from the system, through a venv with --system-site-packages)."""
+    from edgeres.backends import choose_backend
+    from edgeres.environment import software_report
+
+    report = software_report()
+    chosen, why = choose_backend("auto")
+    report["backend"] = {"auto": chosen.value, "why": why}
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"python   {report['python']} ({report['executable']}; "
+               f"{'venv' if report['venv'] else 'no venv'}"
+               f"{', system site packages' if report['system_site_packages'] else ''})")
+    if report["jetson"]:
+        click.echo(f"jetson   {report['jetson']}")
+    for name, info in report["packages"].items():
+        where = f"{info['location']} ({info['from']})" if info["location"] else "not installed"
+        click.echo(f"{name:<12} {info['version'] or '-':<12} {where}")
+    click.echo(f"backend  {report['backend']['auto']}: {report['backend']['why']}")
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from calibration.collectors import (
     parse_method,
 )
 from calibration.errors import CalibrationError
-from calibration.ranges import Ranges, manifest_hash
+from calibration.ranges import Ranges, content_hash, manifest_hash
 from calibration.readers import ImageFolderReader, sample_paths
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "PercentileCollector",
     "Ranges",
     "make_collector",
+    "content_hash",
     "manifest_hash",
     "parse_method",
     "sample_paths",

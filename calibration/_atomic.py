@@ -20,8 +20,9 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
+    tmp_name = None
+    try:  # an interrupt anywhere from here on leaves no temporary file
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the target
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -29,7 +30,7 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp_name, target)
     finally:
-        if os.path.exists(tmp_name):
+        if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return target
 

@@ -1,7 +1,8 @@
 """Ranges: tensor name -> amax, saved as JSON with where they came from (method, images, model, preprocessing).
 
 A ranges file is only valid for the model it was computed on: :meth:`Ranges.check_model` refuses another
-model's sha256. The calibration set is identified by :func:`manifest_hash` (sorted relative paths and sizes).
+model's sha256. The calibration set is identified by :func:`content_hash` (its images' bytes; edgeres records
+that) or :func:`manifest_hash` (sorted relative paths and sizes).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class Ranges:
     method: str  # a calibration.Method value
     num_images: int  # calibration images observed
     model_sha256: str  # sha256 of the FP32 ONNX the tensors belong to
-    manifest_sha256: str  # calibration set identity, see manifest_hash
+    manifest_sha256: str  # calibration set identity, see content_hash
     preprocess: dict  # the model card's preprocessing used to feed the images
     options: dict = field(default_factory=dict)  # the collector's options (bins, percentile, ...)
     created: str = field(default_factory=_now)  # UTC, ISO 8601
@@ -141,6 +142,28 @@ class Ranges:
 
 def _valid_amax(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def content_hash(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """sha256 identifying a calibration set by its images' bytes: the sorted sha256 of each file.
+
+    Names and folders do not enter, so the same images give the same hash however the path to them is spelled
+    (``data/train`` or ``digits/data/train``, after a ``cd`` or on another machine).
+
+    Raises:
+        CalibrationError: an image cannot be read.
+    """
+    digests = []
+    for p in paths:
+        h = hashlib.sha256()
+        try:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise CalibrationError(f"cannot read calibration image {p}: {e.strerror}") from None
+        digests.append(h.hexdigest())
+    return hashlib.sha256("\n".join(sorted(digests)).encode("ascii")).hexdigest()
 
 
 def manifest_hash(

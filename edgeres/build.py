@@ -255,13 +255,14 @@ def _load_onnx(onnx_path: Path) -> Any:
 
 def _servable_card(onnx_path: Path, profile: BatchProfile) -> ModelCard:
     """The model's card, once the model is known to be one edgeres can build and serve (nothing written yet)."""
-    from edgeres.card import card_from_onnx
+    from edgeres.card import card_from_file, card_from_onnx
     from edgeres.servable import check_servable
 
     model = _load_onnx(onnx_path)
     card = card_from_onnx(model)
     if card is None:
         raise ModelError(f"{onnx_path} carries no edgeres model card; export it with `edgeres export`")
+    card = card_from_file(card, onnx_path.parent)
     check_servable(model, card, onnx_path, profile=profile)
     return card
 
@@ -279,7 +280,8 @@ def calibration_images(onnx_path: Path, card: ModelCard, *, calib_dir: str | os.
     from edgeres.calibrate import select_images
 
     try:
-        return select_images(onnx_path, card, data=calib_dir, images=images, batch_size=1, seed=CALIB_SEED)
+        return select_images(onnx_path, card, data=calib_dir, images=images, batch_size=1, seed=CALIB_SEED,
+                             option="--calib")
     except InputError as exc:
         if calib_dir is None:
             raise InputError(f"int8 needs calibration images and none could be found ({str(exc).split(';')[0]}); "
@@ -358,7 +360,7 @@ class _MixedPrecision:
 
 def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str, images: int, out_dir: Path,
                 force: bool, quiet: bool, equalize: bool = False) -> tuple[Any, Path, bool]:
-    from calibration import manifest_hash, parse_method
+    from calibration import content_hash, parse_method
     from calibration.errors import CalibrationError
 
     from edgeres.calibrate import DEFAULT_BATCH, calibrate
@@ -367,7 +369,7 @@ def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str
     try:
         method = parse_method(method).value
         chosen = calibration_images(onnx_path, card, calib_dir=calib_dir, images=images)
-        manifest = manifest_hash(chosen)
+        manifest = content_hash(chosen)  # by content: a `cd` does not change it
     except CalibrationError as exc:
         raise InputError(str(exc)) from exc
     form = f"{method}.eq" if equalize else method  # ranges of the equalised graph are another file

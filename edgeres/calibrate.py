@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgeres.card import ModelCard, Preprocess, card_from_onnx
+from edgeres.card import ModelCard, Preprocess, calibration_images, card_from_file, card_from_onnx
 from edgeres.errors import DataError, EdgeresError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
         DataError: an image that cannot be decoded or does not have the model's input size.
         ModelError: an unreadable model or one whose card disagrees with its input shape.
     """
-    from calibration import ImageFolderReader, Ranges, make_collector, manifest_hash
+    from calibration import ImageFolderReader, Ranges, content_hash, make_collector
     from edgeres.io import sha256_file
     from edgeres.observe import observe
 
@@ -64,6 +64,7 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
         raise InputError(f"--images and --batch must be at least 1, got {images} and {batch_size}")
     model = _load_model(onnx_path)
     card = card_from_onnx(model)
+    card = card_from_file(card, onnx_path.parent) if card is not None else None
     input_name, shape = _model_input(model, onnx_path)
     pre = _preprocess_for(card, shape, onnx_path)
     del model  # observe() loads its own folded copy: holding this one too would add the weights to peak memory
@@ -80,7 +81,7 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
         amax[input_name] = input_amax(pre)
         ranges = Ranges(
             amax=amax, method=collector.method.value, num_images=count, model_sha256=sha256_file(onnx_path),
-            manifest_sha256=manifest_hash(paths), preprocess=pre.to_dict(),
+            manifest_sha256=content_hash(paths), preprocess=pre.to_dict(),
             options={**collector.options, "input_amax": "preprocessing", **({"equalize": True} if equalize else {})},
             created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         )
@@ -195,17 +196,21 @@ def _check_size(path: Path, side: int) -> None:
 # --- the images ---------------------------------------------------------------------------------------------
 
 def select_images(onnx_path: str | os.PathLike[str], card: ModelCard | None, *,
-                  data: str | os.PathLike[str] | None, images: int, batch_size: int, seed: int) -> list[Path]:
+                  data: str | os.PathLike[str] | None, images: int, batch_size: int, seed: int,
+                  option: str = "--data") -> list[Path]:
     """The calibration images: from ``data`` or the card's dataset, sampled (seeded, class-balanced).
+
+    ``option`` is how the command calling it names ``data`` in messages (``--data``, ``build``'s ``--calib``).
 
     Raises:
         InputError: no data given and none recorded, or fewer images than one batch.
     """
     from calibration import sample_paths
 
-    samples, where = _candidates(Path(onnx_path), card, data)
+    samples, where = _candidates(Path(onnx_path), card, data, option)
     if not samples:
-        raise InputError(f"{where} holds no calibration images; pass --data with a folder of images")
+        raise InputError(f"{where} holds no calibration images; pass {option} with a folder of images (class "
+                         "folders, a dataset root or a flat folder of image files)")
     if len(samples) < batch_size:
         raise InputError(f"{where} holds {len(samples)} calibration image(s), fewer than one batch of "
                          f"{batch_size}; add images or pass a smaller --batch")
@@ -215,35 +220,35 @@ def select_images(onnx_path: str | os.PathLike[str], card: ModelCard | None, *,
     return [Path(p) for p in sample_paths(pairs, min(images, len(samples)), seed=seed)]
 
 
-def _candidates(onnx_path: Path, card: ModelCard | None,
-                data: str | os.PathLike[str] | None) -> tuple[Sequence[Any], str]:
+def _candidates(onnx_path: Path, card: ModelCard | None, data: str | os.PathLike[str] | None,
+                option: str = "--data") -> tuple[Sequence[Any], str]:
     """Labelled ``(path, class)`` samples or plain paths to sample from, and a description of where."""
     if data is not None:
-        return _from_folder(Path(data)), str(data)
+        return _from_folder(Path(data), option), f"{option} {data}"
     recorded = dict(card.dataset) if card is not None else {}
     listed = recorded.get("calibration")
     if isinstance(listed, list) and listed:
-        paths = [Path(p) for p in listed]
+        paths = calibration_images(card)
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise InputError(f"the card of {onnx_path} lists calibration image {missing[0]} which is not here; "
-                             "pass --data DIR")
+                             f"pass {option} DIR")
         return paths, f"the calibration list in {onnx_path.name}'s card"
     root = recorded.get("root")
     if not root:
-        raise InputError(f"{onnx_path} records no training data in its model card; pass --data DIR (a folder of "
+        raise InputError(f"{onnx_path} records no training data in its model card; pass {option} DIR (a folder of "
                          "calibration images, e.g. the training set)")
     if not Path(root).is_dir():
         raise InputError(f"the training data recorded in {onnx_path.name}'s card ({root}) is not on this machine; "
-                         "pass --data DIR")
+                         f"pass {option} DIR")
     return _from_folder(Path(root)), str(root)
 
 
-def _from_folder(folder: Path) -> Sequence[Any]:
+def _from_folder(folder: Path, option: str = "--data") -> Sequence[Any]:
     from edgeres.data import list_images, read_calibration_list, scan_image_folder
 
     if not folder.is_dir():
-        raise InputError(f"--data {folder}: folder not found; pass a folder of calibration images")
+        raise InputError(f"{option} {folder}: folder not found; pass a folder of calibration images")
     listed = read_calibration_list(folder)
     if listed is not None:
         return listed

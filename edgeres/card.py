@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +146,50 @@ class ModelCard:
             raise ModelError(f"model card is not valid JSON ({exc})") from exc
 
 
+def card_for_file(card: ModelCard, folder: str | os.PathLike[str]) -> ModelCard:
+    """The card as a file in ``folder`` stores it: the dataset root relative to ``folder`` and the calibration
+    images relative to the root, so no shipped model or sidecar carries the training machine's absolute paths."""
+    root = card.dataset.get("root")
+    if not root:
+        return card
+    dataset = dict(card.dataset)
+    absolute = Path(root) if Path(root).is_absolute() else None
+    if absolute is not None:
+        try:
+            dataset["root"] = Path(os.path.relpath(absolute, Path(folder).resolve())).as_posix()
+        except ValueError:  # another drive (Windows): keep it as it is
+            pass
+    listed = dataset.get("calibration")
+    if absolute is not None and isinstance(listed, list):
+        dataset["calibration"] = [_relative_to(Path(p), absolute) for p in listed]
+    return dataclasses.replace(card, dataset=dataset)
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix() if path.is_absolute() else path.as_posix()
+    except ValueError:
+        return path.as_posix()  # outside the root: as it was given
+
+
+def card_from_file(card: ModelCard, folder: str | os.PathLike[str]) -> ModelCard:
+    """The card as read from a file in ``folder``: a relative dataset root resolved against that folder (paths
+    in memory are absolute; calibration images stay relative to the root, see :func:`calibration_images`)."""
+    root = card.dataset.get("root")
+    if not root or Path(root).is_absolute():
+        return card
+    return dataclasses.replace(card, dataset={**card.dataset, "root": str((Path(folder) / root).resolve())})
+
+
+def calibration_images(card: ModelCard) -> list[Path]:
+    """The calibration images a card lists, as paths (relative entries are relative to the dataset root)."""
+    listed = card.dataset.get("calibration")
+    if not isinstance(listed, list):
+        return []
+    root = Path(card.dataset["root"]) if card.dataset.get("root") else None
+    return [root / p if root is not None else Path(p) for p in listed]
+
+
 def card_from_onnx(model: Any) -> ModelCard | None:
     """The card stored in an ``onnx.ModelProto``'s metadata, or None when it carries none."""
     for prop in model.metadata_props:
@@ -182,6 +227,7 @@ def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard | None:
     """Read only the card of an ONNX file (weights are loaded too; ONNX has no header-only read)."""
     model = load_onnx(path)
     try:
-        return card_from_onnx(model)
+        card = card_from_onnx(model)
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from exc
+    return card_from_file(card, Path(path).parent) if card is not None else None

@@ -87,8 +87,8 @@ def decode_image(path: str | os.PathLike[str], *, channels: int, min_short_side:
     except PermissionError:
         raise DataError(f"{path}: permission denied; make the file readable") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: refused as a possible decompression bomb ({exc}); raise "
-                        "PIL.Image.MAX_IMAGE_PIXELS if the image is genuine") from None
+        raise DataError(f"{path}: refused as a possible decompression bomb ({exc}); if the image is genuine, raise "
+                        "the limit: `edgeres --max-image-pixels N ...` (or EDGERES_MAX_IMAGE_PIXELS=N)") from None
     except UnidentifiedImageError:
         reason = "file is empty" if _is_empty(path) else "not an image Pillow can read (unknown or corrupt format)"
         raise DataError(f"{path}: {reason}") from None

@@ -180,3 +180,77 @@ def collect(*, backend: str, backend_version: str | None = None, threads: int | 
         power_mode=jetson_power_mode(timeout_s=timeout_s), clocks=jetson_clocks(timeout_s=timeout_s),
         artifact_sha256=artifact_sha256,
     )
+
+
+# --- the software edgeres runs on here ------------------------------------------------------------------------
+
+_PACKAGES = (  # import name, distribution names to ask for the version (the first installed one wins)
+    ("edgeres", ("edgeres",)), ("numpy", ("numpy",)), ("PIL", ("Pillow", "pillow")), ("click", ("click",)),
+    ("onnx", ("onnx",)), ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")), ("torch", ("torch",)),
+    ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs")), ("pycuda", ("pycuda",)),
+)
+
+
+def _site_kind(location: str) -> str:
+    """Where a package lives: this venv, the system (e.g. JetPack's /usr/lib/python3/dist-packages) or elsewhere."""
+    import sys
+
+    path = Path(location).resolve()
+    if Path(sys.prefix).resolve() in path.parents:
+        return "venv" if sys.prefix != sys.base_prefix else "python"
+    if any(part in ("dist-packages", "site-packages") for part in path.parts):
+        return "system"
+    return "path"
+
+
+def software_report() -> dict[str, Any]:
+    """Which packages this Python would import for edgeres, their versions and where they are installed.
+
+    TensorRT and pycuda are located without importing them (``importlib.util.find_spec``); on a Jetson they should
+    be JetPack's (``system``), reached from a venv made with ``--system-site-packages``, not wheels from the index.
+    The TensorRT version is read from the package metadata, else from the module itself.
+    """
+    import importlib.metadata
+    import importlib.util
+    import sys
+
+    packages: dict[str, dict[str, Any]] = {}
+    for module, dists in _PACKAGES:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        location = None
+        if spec is not None:
+            origin = spec.origin if spec.origin not in (None, "namespace") else \
+                next(iter(spec.submodule_search_locations or []), None)
+            location = str(Path(origin).parent) if origin and origin.endswith("__init__.py") else origin
+        version = None
+        for dist in dists:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                version = importlib.metadata.version(dist)
+                break
+        packages[module] = {"version": version, "location": location,
+                            "from": _site_kind(location) if location else None}
+    if packages["tensorrt"]["location"] and packages["tensorrt"]["version"] is None:
+        with contextlib.suppress(Exception):  # JetPack's apt package has no metadata: ask the module
+            from edgeres.backends.tensorrt import trt_version
+
+            packages["tensorrt"]["version"] = trt_version()
+    cfg = Path(sys.prefix) / "pyvenv.cfg"
+    system_site = None
+    if cfg.is_file():
+        for line in cfg.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "include-system-site-packages":
+                system_site = value.strip().lower() == "true"
+    return {"python": platform.python_version(), "executable": sys.executable,
+            "venv": sys.prefix != sys.base_prefix, "system_site_packages": system_site,
+            "jetson": _read(_JETSON_MODEL_FILE), "packages": packages}
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip("\x00\n ") or None
+    except OSError:
+        return None

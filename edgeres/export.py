@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from edgeres import models
-from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
+from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx, card_for_file
 from edgeres.errors import InputError, ModelError, ParityError
 from edgeres.io import atomic_path
 
@@ -138,7 +138,7 @@ def export_onnx(checkpoint: str | Path, *, out: str | Path, opset: int = MIN_OPS
         import onnx
 
         proto = onnx.load(str(tmp))
-        attach_card_to_onnx(proto, card)
+        attach_card_to_onnx(proto, card_for_file(card, out.parent))  # dataset paths relative, never absolute
         entry = proto.metadata_props.add()  # build reuses this ONNX for that checkpoint only (content, not time)
         entry.key, entry.value = CHECKPOINT_SHA_KEY, checkpoint_sha
         onnx.checker.check_model(proto, full_check=True)

@@ -27,15 +27,16 @@ def atomic_path(target: str | os.PathLike[str], *, force: bool = True) -> Iterat
     if not force and target.exists():
         raise InputError(f"{target} already exists; pass --force to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    tmp: Path | None = None
+    try:  # an interrupt (Ctrl-C, SIGTERM) anywhere from here on leaves no temporary file
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp = Path(tmp_name)
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the target
         yield tmp
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 
@@ -53,28 +54,42 @@ def exclusive_lock(target: str | os.PathLike[str], *, what: str = "output") -> I
     target = Path(target)
     lock = target.with_name(f".{target.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise InputError(f"another edgeres command is writing {what} {target} right now (lock {lock.name}); "
-                             "wait for it to finish, or write to another --out") from None
-        try:  # the previous holder may have removed the file between our open and our lock: lock a fresh one
-            fresh = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            fresh = False
-        if fresh:
-            break
-        os.close(fd)
+    fd: int | None = None
+    held = False
     try:
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = None
+                raise InputError(f"another edgeres command is writing {what} {target} right now (lock "
+                                 f"{lock.name}); wait for it to finish, or write to another --out") from None
+            held = True
+            try:  # the previous holder may have removed the file between our open and our lock: lock a fresh one
+                fresh = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                fresh = False
+            if fresh:
+                break
+            held = False
+            os.close(fd)
+            fd = None
         os.write(fd, f"{os.getpid()}\n".encode())
         yield lock
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-        os.close(fd)
+        if fd is not None and not held:  # interrupted while taking it: remove the file if nobody holds it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except OSError:
+                pass
+        if held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+        if fd is not None:
+            os.close(fd)
 
 
 def _umask() -> int:
@@ -199,7 +214,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def describe_os_error(exc: OSError) -> str:
     """One line for an I/O error: the file and the cause, with "disk full" for ENOSPC."""
-    causes = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+    causes = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large (the "
+              "file size limit, ulimit -f)", errno.EROFS: "read-only file system",
               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
     cause = causes.get(exc.errno or -1) or exc.strerror or str(exc)
     name = exc.filename if exc.filename is not None else None

@@ -92,7 +92,7 @@ def size_probes(runner: Runner, batches: Sequence[int], *, artifact: str | Path 
     threads = getattr(runner, "threads", None)
     specs = {}
     for b in batches:
-        calls = time_calls(runner, input_batch(runner.card, b), iterations=7, warmup_s=0.1)
+        calls = time_calls(runner, input_batch(runner.card, b), duration_s=0.2, min_iterations=7, warmup_s=0.1)
         target = statistics.median(calls.latency_ms)
         specs[b] = calibrate_probe(target_ms=target, threads=threads, depth=depth, spinning=spinning)
         log.info("probe for batch %d: %s (artifact %.3f ms per call)", b, specs[b].label, target)
@@ -339,8 +339,8 @@ def _because(ci: RatioCI, machine: float, tol: float, verdict: Verdict) -> str:
         cause = "the run-to-run noise alone straddles it"
     else:
         cause = "the machine's change of speed since the baseline makes it straddle it"
-    return (f"{interval} straddles the limit {limit:.3f}: {cause}. Cannot decide; rerun on a quieter machine, with "
-            f"more --trials, or keep the baseline's artifact on disk so it is timed side by side")
+    return (f"{interval} straddles the limit {limit:.3f}: {cause}. Cannot decide; rerun on a quieter machine or with "
+            f"more --trials; for a new build, keep the baseline's artifact on disk so the two are timed side by side")
 
 
 def machine_note(base: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> str | None:

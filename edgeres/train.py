@@ -235,7 +235,9 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
         saved = TrainConfig(**state["config"])
         # The saved recipe wins, except for a longer run asked for explicitly.
         _warn_ignored_on_resume(cfg, saved)
-        cfg = TrainConfig(**{**asdict(saved), "epochs": cfg.epochs or saved.epochs})
+        # a checkpoint trained on train/ + val/ folders records no split: one given now is used, not ignored
+        cfg = TrainConfig(**{**asdict(saved), "epochs": cfg.epochs or saved.epochs,
+                             "val_split": saved.val_split if saved.val_split is not None else cfg.val_split})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -246,6 +248,8 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     if not models.is_known(cfg.arch):  # the named archs, or a CIFAR resnet<6n+2> / plain<6n+2>
         raise InputError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(models.names())}")
     pre = default_preprocess(cfg.arch, dataset_name, size=cfg.size, channels=3)
+    if state is not None:  # the checkpoint defines the model and how it is fed, whatever this folder looks like
+        pre = Preprocess.from_dict(state["card"]["preprocess"])
     card = ModelCard(
         arch=cfg.arch, class_names=list(dataset.classes), preprocess=pre, model_options=dict(cfg.model_options),
         dataset=_dataset_record(dataset, dataset_name), seed=cfg.seed,
@@ -339,6 +343,8 @@ def _warn_ignored_on_resume(asked: TrainConfig, saved: TrainConfig) -> None:
     """Resuming keeps the saved recipe: say which options given now differ from it and are ignored."""
     defaults = asdict(TrainConfig())
     for name, value in asdict(asked).items():
+        if name == "val_split" and saved.val_split is None:
+            continue  # used, see train()
         if name != "epochs" and value != defaults[name] and value != getattr(saved, name):
             log.warning("--resume keeps the checkpoint's %s=%r; ignoring %r", name, getattr(saved, name), value)
 
@@ -358,10 +364,16 @@ def _dataset_record(dataset: Dataset, name: str) -> dict[str, Any]:
 
 def _save_checkpoint(out: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, card: ModelCard,
                      cfg: TrainConfig, epoch: int, history: list[dict[str, float]]) -> None:
+    from edgeres.card import card_for_file
+
     payload = {"format": "edgeres-checkpoint-1", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "card": card.to_dict(), "config": asdict(cfg), "epoch": epoch, "history": history}
+               "card": card_for_file(card, out.parent).to_dict(), "config": asdict(cfg), "epoch": epoch, "history": history}
+    import io
+
+    buffer = io.BytesIO()  # torch's own file writer turns a full disk into "iostream error": write it ourselves
+    torch.save(payload, buffer)
     with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelCard]:
@@ -376,7 +388,9 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelCard]:
     if not isinstance(state, dict) or "card" not in state or "model" not in state:
         raise ModelError(f"{path} is not an edgeres checkpoint (no model card); train it with `edgeres train`, "
                          "or export torchvision weights with `edgeres export --arch NAME`")
-    card = ModelCard.from_dict(state["card"])
+    from edgeres.card import card_from_file
+
+    card = card_from_file(ModelCard.from_dict(state["card"]), path.parent)
     model = models.create(card.arch, num_classes=card.num_classes, in_channels=card.in_channels,
                           **card.model_options)
     model.load_state_dict(state["model"])

@@ -282,3 +282,157 @@ def test_force_rebuilds_edgeres_artifacts_but_never_a_users_file(built: dict[str
         build_artifact(model, precision="int8", calib_dir=images, calib_images=8, verify_images=0, force=True,
                        quiet=True)
     assert mine.read_bytes() == before
+
+
+# --- 2. check before the work: models edgeres cannot serve, refused before anything is written ----------------
+
+def _graph_model(path: Path, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]], nodes: list) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeres.card import attach_card_to_onnx
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    attach_card_to_onnx(model, _card())
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("two inputs", "2 inputs"),
+    ("channels-last", "channels-last"),
+    ("feature map output", "not class scores"),
+    ("fixed batch 1", "fixed batch of 1"),
+    ("truncated", "is not a readable ONNX model"),
+])
+def test_models_edgeres_cannot_serve_are_refused_before_anything_is_written(kind: str, needle: str, tmp_path: Path,
+                                                                            images: Path) -> None:
+    from onnx import helper
+
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / "m.onnx"
+    if kind == "two inputs":
+        _graph_model(path, [("input", ["N", 1, 32, 32]), ("mask", ["N", 1, 32, 32])], [("logits", ["N", 10])],
+                     [helper.make_node("Add", ["input", "mask"], ["s"]),
+                      helper.make_node("Flatten", ["s"], ["f"]), helper.make_node("Slice", ["f"], ["logits"])])
+    elif kind == "channels-last":
+        _graph_model(path, [("input", ["N", 32, 32, 1])], [("logits", ["N", 10])],
+                     [helper.make_node("Flatten", ["input"], ["logits"])])
+    elif kind == "feature map output":
+        _graph_model(path, [("input", ["N", 1, 32, 32])], [("logits", ["N", 1, 32, 32])],
+                     [helper.make_node("Identity", ["input"], ["logits"])])
+    elif kind == "fixed batch 1":  # `edgeres export --batch 1`, then `build` with the default 1:8:32
+        export_tiny(tiny_resnet20(seed=1), path, _card(), batch=1)
+    else:
+        make_tiny_onnx(tmp_path / "whole.onnx")
+        data = (tmp_path / "whole.onnx").read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    out = tmp_path / "out"
+    res = invoke("build", path, "--precision", "fp32", "--calib", images, "--out", out)
+    one_line_error(res, needle)
+    assert not out.exists() and [p.name for p in src.iterdir()] == ["m.onnx"]
+    if kind == "fixed batch 1":  # what to do instead works
+        res = invoke("build", path, "--precision", "fp32", "--calib", images, "--out", out, "--batch", "1")
+        assert res.exit_code == 0, res.output
+        assert json.loads(sidecar_path(out / "m.fp32.onnx").read_text())["profile"] == {"min": 1, "opt": 1, "max": 1}
+
+
+# --- 5. messages and portability -------------------------------------------------------------------------------
+
+def test_build_names_its_own_calib_option_for_an_empty_folder(built: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    err = one_line_error(invoke("build", built["model"], "--precision", "int8", "--calib", tmp_path / "empty",
+                                "--out", tmp_path / "o"), "holds no calibration images", "pass --calib")
+    assert "--data" not in err
+
+
+def test_resume_on_a_flat_folder_uses_the_val_split_it_asks_for(digits_slice: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "m.pt"
+    args = ["--out", ckpt, "--batch-size", "16", "--threads", "1"]
+    assert invoke("train", digits_slice, *args, "--epochs", "1").exit_code == 0  # train/ + val/: no split
+    flat = tmp_path / "flat"
+    shutil.copytree(digits_slice / "train", flat)
+    res = invoke("train", flat, *args, "--epochs", "2", "--resume", "--val-split", "0.2")
+    assert res.exit_code == 0, res.output
+    assert "ignoring" not in res.output and "trained resnet20 for 1 epochs" in res.output
+
+
+def test_an_oversized_image_names_the_option_that_admits_it(built: dict[str, Path], tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 100), np.uint8), "L").save(big)
+    res = invoke("--max-image-pixels", "5000", "infer", built["model"], big)
+    err = one_line_error(res, "decompression bomb", "--max-image-pixels")
+    assert "PIL.Image" not in err
+    assert invoke("--max-image-pixels", "20000", "infer", built["model"], big).exit_code == 0
+
+
+def test_an_opset_torch_cannot_write_is_one_short_line(built: dict[str, Path], tmp_path: Path) -> None:
+    res = invoke("export", built["ckpt"], "--out", tmp_path / "m.onnx", "--opset", "99")
+    one_line_error(res, "--opset must be at most")
+    assert len(res.output.splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
+
+
+def test_shipped_files_carry_no_absolute_paths_and_still_find_their_data(digits_slice: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    data = tmp_path / "data"
+    shutil.copytree(digits_slice, data)
+    ckpt = runs / "m.pt"
+    assert invoke("train", data, "--out", ckpt, "--epochs", "1", "--batch-size", "16", "--threads", "1"
+                  ).exit_code == 0
+    ship = tmp_path / "ship"
+    assert invoke("export", ckpt, "--out", ship / "m.onnx").exit_code == 0
+    res = invoke("build", ship / "m.onnx", "--precision", "int8", "--calib-images", "8", "--out", ship / "engines",
+                 "--verify-images", "0")  # no --calib: the calibration list recorded in the card
+    assert res.exit_code == 0, res.output
+    root = str(tmp_path)
+    for path in (ship / "m.onnx", ship / "engines" / "m.int8.onnx", ship / "engines" / "m.int8.onnx.json"):
+        assert root.encode() not in path.read_bytes(), path  # no absolute path of the training machine
+    card = json.loads(sidecar_path(ship / "engines" / "m.int8.onnx").read_text())["card"]
+    assert card["dataset"]["root"] == "../../data" and all(
+        not Path(p).is_absolute() and p.startswith("train/") for p in card["dataset"]["calibration"])
+    # the whole tree moved elsewhere: the relative paths still find the data
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    shutil.copytree(tmp_path, moved)
+    try:
+        res = invoke("calibrate", moved / "ship" / "m.onnx", "--images", "8", "--batch", "4")
+        assert res.exit_code == 0, res.output
+    finally:
+        shutil.rmtree(moved)
+
+
+def test_the_calibration_set_hash_does_not_depend_on_how_the_path_is_spelled(built: dict[str, Path],
+                                                                             images: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeres.calibrate import calibrate
+
+    project = tmp_path / "digits"
+    shutil.copytree(images, project / "data" / "train")
+    monkeypatch.chdir(tmp_path)
+    a = calibrate(built["model"], data="digits/data/train", method="minmax", images=8, batch_size=4, quiet=True)
+    monkeypatch.chdir(project)
+    b = calibrate(built["model"], data="data/train", method="minmax", images=8, batch_size=4, quiet=True)
+    assert a.manifest_sha256 == b.manifest_sha256
+    (project / "data" / "train" / "c0" / "0.png").write_bytes((images / "c1" / "1.png").read_bytes())
+    c = calibrate(built["model"], data="data/train", method="minmax", images=8, batch_size=4, quiet=True)
+    assert c.manifest_sha256 != b.manifest_sha256  # same names, other content: another set
+
+
+def test_env_says_which_tensorrt_is_imported_and_from_where(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    fake = tmp_path / "jetpack" / "dist-packages" / "tensorrt"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "10.3.0"\n')
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{fake.parent}"}
+    res = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "env", "--json"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    trt = report["packages"]["tensorrt"]
+    assert trt["location"] == str(fake) and trt["from"] == "system" and trt["version"] == "10.3.0"
+    assert report["packages"]["onnxruntime"]["version"] and report["backend"]["auto"] == "onnxruntime"

@@ -13,7 +13,7 @@ import torch
 import edgeres
 from conftest import TINY_TRAIN_CONFIG, copy_digits_slice
 from edgeres import train as train_mod
-from edgeres.card import ModelCard
+from edgeres.card import ModelCard, card_from_file
 from edgeres.data import list_images, load_batch
 from edgeres.digits import digits_preprocess
 from edgeres.errors import EdgeresError, InputError, ModelError
@@ -82,13 +82,17 @@ def test_checkpoint_carries_the_model_card(tiny_checkpoint: Path, digits_slice: 
     assert card.versions == {"edgeres": edgeres.__version__, "torch": torch.__version__,
                              "python": platform.python_version()}
     assert card.dataset["name"] == "digits"
-    assert Path(card.dataset["root"]) == digits_slice.resolve()
+    # on disk relative to the checkpoint (no absolute path of the training machine), absolute once loaded
+    assert not Path(card.dataset["root"]).is_absolute()
+    assert (tiny_checkpoint.parent / card.dataset["root"]).resolve() == digits_slice.resolve()
     assert (card.dataset["train_images"], card.dataset["val_images"]) == (200, 100)
-    calibration = [Path(p) for p in card.dataset["calibration"]]  # absolute, for calibrating the exported model
+    # relative to the dataset root, for calibrating the exported model on any machine the data is copied to
+    calibration = [digits_slice / p for p in card.dataset["calibration"]]
+    assert not any(Path(p).is_absolute() for p in card.dataset["calibration"])
     assert len(calibration) == 20 and all(p.is_file() and p.parent.parent.name == "train" for p in calibration)
     assert state["epoch"] == len(history) and state["config"]["epochs"] == len(history)
     model, loaded = load_checkpoint(tiny_checkpoint)
-    assert loaded == card and not model.training
+    assert loaded == card_from_file(card, tiny_checkpoint.parent) and not model.training
     assert _hidden(tiny_checkpoint.parent) == []  # no temporary files left beside it
 
 

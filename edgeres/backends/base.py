@@ -123,6 +123,9 @@ class Sidecar:
             raise BackendError(f"artifact sidecar {path}: its model card (class names, preprocessing) was edited "
                                "after the build, so labels could be wrong; restore it or rebuild with "
                                "`edgeres build`")
+        from edgeres.card import card_from_file
+
+        sidecar.card = card_from_file(sidecar.card, path.parent)
         return sidecar
 
 
@@ -161,10 +164,12 @@ def card_sha256(card: ModelCard) -> str:
 
 def write_sidecar(artifact: str | Path, sidecar: Sidecar) -> Path:
     """Write ``sidecar`` beside ``artifact`` atomically (with the hash of its card); returns the sidecar path."""
+    from edgeres.card import card_for_file
     from edgeres.io import write_json_atomic
 
-    sidecar.card_sha256 = card_sha256(sidecar.card)
-    return write_json_atomic(sidecar_path(artifact), sidecar.to_dict())
+    stored = card_for_file(sidecar.card, Path(artifact).parent)  # dataset paths relative to the artifact's folder
+    sidecar.card_sha256 = card_sha256(stored)
+    return write_json_atomic(sidecar_path(artifact), {**sidecar.to_dict(), "card": stored.to_dict()})
 
 
 def read_sidecar_for(artifact: str | Path) -> Sidecar:

@@ -99,9 +99,9 @@ def _session(path: Path, so: ort.SessionOptions, providers: Sequence[str] | None
 def _save_with_card(model: Any, out: Path, card: ModelCard) -> None:
     import onnx
 
-    from edgeres.card import attach_card_to_onnx
+    from edgeres.card import attach_card_to_onnx, card_for_file
 
-    attach_card_to_onnx(model, card)
+    attach_card_to_onnx(model, card_for_file(card, out.parent))
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
 
@@ -116,9 +116,31 @@ def _optimise(src: Path, out: Path, card: ModelCard) -> None:
         optimised = Path(tmpdir) / "optimised.onnx"
         so = session_options(threads=1, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         so.optimized_model_filepath = str(optimised)
-        _session(src, so, ["CPUExecutionProvider"])
+        try:
+            _session(src, so, ["CPUExecutionProvider"])
+        except BackendError:
+            _raise_write_cause(optimised, src.stat().st_size)  # ORT hides why its write failed; find out
+            raise
         model = onnx.load(str(optimised))
     _save_with_card(model, out, card)
+
+
+def _raise_write_cause(path: Path, size: int) -> None:
+    """Write ``size`` bytes where ONNX Runtime failed to write ``path``: a full disk or a size limit then raises
+    the OSError (with its errno) that ORT's own message leaves out. Returns when the write works."""
+    probe = path.with_name(path.name + ".probe")
+    try:
+        with open(probe, "wb") as f:
+            chunk = bytes(1 << 20)
+            for start in range(0, size, len(chunk)):
+                f.write(chunk[:min(len(chunk), size - start)])
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        if probe.exists():
+            probe.unlink()
 
 
 def build(onnx_path: str | Path, *, precision: Precision | str, out: str | Path, card: ModelCard,
