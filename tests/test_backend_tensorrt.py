@@ -110,6 +110,22 @@ def _cache(tmp_path: Path, fp32_onnx: Path, trt_version: str, algorithm: str = "
     return path
 
 
+def _carded_with_ranges(fp32_onnx: Path, tmp_path: Path, card: ModelCard):
+    """The tiny ONNX with its card (what `edgeres build` starts from) and fixed ranges for it."""
+    from calibration.ranges import Ranges
+    from edgeres.card import attach_card_to_onnx
+    from edgeres.quantize import tensors_to_observe
+
+    model = onnx.load(str(fp32_onnx))
+    attach_card_to_onnx(model, card)
+    src = tmp_path / "tiny.card.onnx"
+    onnx.save(model, str(src))
+    amax = {name: 4.0 for name in tensors_to_observe(model)} | {"input": 4.0}
+    ranges = Ranges(amax=amax, method="minmax", num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
+                    preprocess=card.preprocess.to_dict())
+    return src, ranges
+
+
 def _run_batches(out: Path, double) -> tuple[list[np.ndarray], list]:
     results, times = [], []
     with trt_backend.TensorRTRunner(out) as runner:
@@ -409,19 +425,9 @@ def test_without_gpu_or_tensorrt_nothing_is_created(monkeypatch, fp32_onnx, tmp_
 @pytest.mark.parametrize("int8_mode", ["explicit", "implicit"])
 def test_dispatcher_build_and_open_int8(double, fp32_onnx, tmp_path, card, int8_mode) -> None:
     """`edgeres build --backend tensorrt --precision int8` and `edgeres infer` go through these two calls."""
-    from calibration.ranges import Ranges
     from edgeres import backends
-    from edgeres.card import attach_card_to_onnx
-    from edgeres.quantize import tensors_to_observe
 
-    model = onnx.load(str(fp32_onnx))
-    attach_card_to_onnx(model, card)
-    src = tmp_path / "tiny.card.onnx"
-    onnx.save(model, str(src))
-    amax = {name: 4.0 for name in tensors_to_observe(model)}
-    amax.setdefault("input", 4.0)
-    ranges = Ranges(amax=amax, method="minmax", num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
-                    preprocess=card.preprocess.to_dict())
+    src, ranges = _carded_with_ranges(fp32_onnx, tmp_path, card)
     out = tmp_path / "tiny.int8.engine"
     if int8_mode == "implicit" and double.version == "11.4.0":
         with pytest.raises(InputError, match="removed in TensorRT 11"):
@@ -680,19 +686,10 @@ def test_unreadable_timing_cache_starts_a_new_one(double, fp32_onnx, tmp_path, c
 
 
 def test_dispatcher_passes_high_precision_and_tf32(monkeypatch, fp32_onnx, tmp_path, card) -> None:
-    from calibration.ranges import Ranges
     from edgeres import backends
-    from edgeres.card import attach_card_to_onnx
-    from edgeres.quantize import tensors_to_observe
 
     install(monkeypatch, "10.13.3")
-    model = onnx.load(str(fp32_onnx))
-    attach_card_to_onnx(model, card)
-    src = tmp_path / "tiny.card.onnx"
-    onnx.save(model, str(src))
-    amax = {name: 4.0 for name in tensors_to_observe(model)} | {"input": 4.0}
-    ranges = Ranges(amax=amax, method="minmax", num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
-                    preprocess=card.preprocess.to_dict())
+    src, ranges = _carded_with_ranges(fp32_onnx, tmp_path, card)
     out = tmp_path / "tiny.int8.engine"
     backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, profile=PROFILE,
                    high_precision="fp32", tf32=False, progress=False)
@@ -705,20 +702,11 @@ def test_dispatcher_passes_high_precision_and_tf32(monkeypatch, fp32_onnx, tmp_p
 def test_layers_left_in_float_stay_there_on_every_era(double, fp32_onnx, tmp_path, card) -> None:
     """An accuracy budget's float layers: no Q/DQ in the ONNX; 8.x pins them with precision constraints, 10.x/11.x
     (strongly typed) get them from the FP16-typed network; the engine marks them Half, the rest INT8."""
-    from calibration.ranges import Ranges
     from edgeres import backends
-    from edgeres.card import attach_card_to_onnx
-    from edgeres.quantize import tensors_to_observe
 
-    model = onnx.load(str(fp32_onnx))
-    attach_card_to_onnx(model, card)
-    src = tmp_path / "tiny.card.onnx"
-    onnx.save(model, str(src))
+    src, ranges = _carded_with_ranges(fp32_onnx, tmp_path, card)
     kept = "/conv2/Conv"
-    assert kept in {n.name for n in model.graph.node}
-    ranges = Ranges(amax={name: 4.0 for name in tensors_to_observe(model)} | {"input": 4.0}, method="minmax",
-                    num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
-                    preprocess=card.preprocess.to_dict())
+    assert kept in {n.name for n in onnx.load(str(src)).graph.node}
     out = tmp_path / "tiny.int8.engine"
     backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, profile=PROFILE,
                    keep_fp32=[kept], progress=False)
