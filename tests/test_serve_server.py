@@ -72,11 +72,11 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 1, 32, 32), dtype=np.float32)
 
 
-def _png(seed: int) -> bytes:
+def _png(seed: int, size: tuple[int, int] = (40, 36)) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 36), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, size, dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -172,6 +172,41 @@ def test_image_model_answers_top_k_like_local_preprocessing(server: TritonServer
         top = client.classify("tiny_image", path.read_bytes(), top_k=3)
         assert [label for label, _ in top] == [TINY_CLASSES[i] for i in order]
         assert np.allclose([p for _, p in top], probs[order], atol=1e-4)
+
+
+def test_concurrent_images_of_different_sizes_batch_together(server: TritonServer, local, tmp_path: Path) -> None:
+    from edgeres.data import load_image
+
+    files = []
+    for seed in range(8):  # 8 PNGs of different byte lengths: a ragged batch
+        path = tmp_path / f"{seed}.png"
+        path.write_bytes(_png(100 + seed, (32 + 3 * seed, 40)))
+        files.append(path)
+    assert len({p.stat().st_size for p in files}) == len(files)
+    expected = [TINY_CLASSES[int(np.argmax(local.infer(load_image(p, local.card.preprocess)[None])[0]))]
+                for p in files]
+    client = TritonClient(server.http_url)
+    before = client.statistics("tiny_image")
+    got: dict[tuple[int, int], str] = {}
+    rounds = threading.Barrier(8, timeout=60)  # each round's 8 requests reach the batcher together
+
+    def work(c: int) -> None:
+        mine = TritonClient(server.http_url)
+        for r in range(4):
+            data = files[(c + r) % 8].read_bytes()
+            rounds.wait()
+            got[c, r] = mine.classify("tiny_image", data, top_k=1)[0][0]
+        mine.close()
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert got == {(c, r): expected[(c + r) % 8] for c in range(8) for r in range(4)}
+    after = client.statistics("tiny_image")
+    assert after["inference_count"] - before["inference_count"] == 32
+    assert after["execution_count"] - before["execution_count"] < 32  # ragged requests were batched
 
 
 def test_infer_and_bench_through_the_server_report_like_local(server: TritonServer, artifact: Path,
