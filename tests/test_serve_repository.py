@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from conftest import TINY_CLASSES, make_tiny_onnx
+from conftest import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
 from edgeres import backends
 from edgeres.backends import BatchProfile, Sidecar, write_sidecar
 from edgeres.errors import BackendError, InputError, ModelError
@@ -178,3 +178,13 @@ def test_cli_export_triton(artifacts, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "already exists; pass --force" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["-q", "export-triton", str(art), "--repo", str(tmp_path), "--name", "../x"])
     assert res.exit_code == 1 and "model name '../x'" in res.output
+
+
+def test_a_plain_exported_onnx_exports_with_the_batch_its_graph_has(tiny: Path, tmp_path: Path) -> None:
+    from edgeres.card import read_onnx_card
+
+    dynamic = validate_config((export_triton(tiny, tmp_path) / "config.pbtxt").read_text())
+    assert dynamic.max_batch_size == BatchProfile().max
+    fixed = export_tiny(tiny_resnet20(), tmp_path / "fixed4.onnx", read_onnx_card(tiny), batch=4)
+    config = validate_config((export_triton(fixed, tmp_path) / "config.pbtxt").read_text())
+    assert config.max_batch_size == 4 and list(config.dynamic_batching.preferred_batch_size) == [4]

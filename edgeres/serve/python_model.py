@@ -43,7 +43,10 @@ class _Model:
             opts = {"threads": int(params.get("edgeres_threads") or 1), "spinning": False}
         self.runner = backends.open(params["edgeres_artifact"], **opts)
         self.runner.__enter__()
-        self.profile = self.runner.profile
+        # the batch range the repository promised Triton (for a plain ONNX it comes from the graph, not a sidecar)
+        from edgeres.backends.base import BatchProfile
+
+        self.profile = BatchProfile.parse(params.get("edgeres_profile") or str(self.runner.profile))
         self.shape = tuple(self.card.preprocess.input_shape)
         self.output_name = config["output"][0]["name"]
 

@@ -69,13 +69,30 @@ def describe(artifact: str | os.PathLike[str]) -> ServedArtifact:
         if card is None:
             raise BackendError(f"{path} has no sidecar and carries no edgeres model card; build it with "
                                "`edgeres build MODEL.onnx --precision ...`")
-        return ServedArtifact(path, card, "onnxruntime", "fp32", BatchProfile(), None)
+        precision, profile = _plain_onnx_facts(path)
+        return ServedArtifact(path, card, "onnxruntime", precision, profile, None)
     sidecar = read_sidecar_for(path)
     if sha256_file(path) != sidecar.artifact_sha256:
         raise BackendError(f"{path} does not match its sidecar's sha256: the file changed after it was built; "
                            f"rebuild it with `edgeres build`")
     return ServedArtifact(path, sidecar.card, sidecar.backend, sidecar.precision, BatchProfile(**sidecar.profile),
                           sidecar)
+
+
+def _plain_onnx_facts(path: Path) -> tuple[str, BatchProfile]:
+    """Precision and batch range of an ONNX without a sidecar: a fixed batch N is N:N:N, a dynamic one the
+    default profile; Q/DQ nodes mean int8, FP16 weights fp16."""
+    import onnx
+
+    from edgeres.servable import graph_inputs
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = graph_inputs(model)[0].type.tensor_type.shape.dim if graph_inputs(model) else []
+    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
+    ops = {node.op_type for node in model.graph.node}
+    fp16 = any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+    precision = "int8" if {"QuantizeLinear", "QLinearConv"} & ops else ("fp16" if fp16 else "fp32")
+    return precision, BatchProfile(batch, batch, batch) if batch > 0 else BatchProfile()
 
 
 def model_name(artifact: str | os.PathLike[str]) -> str:
