@@ -38,6 +38,14 @@ def test_missing_server_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp
     assert res.exit_code == 1 and "pip install" in res.output and "Traceback" not in res.output
 
 
+def test_a_missing_shared_libpython_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes.util
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(BackendUnavailable, match=r"libpython3\.\d+\.so\.1\.0.*apt-get install libpython3"):
+        find_triton()
+
+
 def test_ports_are_loopback_free_and_checked() -> None:
     ports = Ports.free()
     assert len({ports.http, ports.grpc, ports.metrics}) == 3

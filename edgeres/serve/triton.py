@@ -69,6 +69,12 @@ def find_triton() -> TritonInstall:
                        (f"Python {version} backend stub", found.stub)):
         if not path.exists():
             raise BackendUnavailable(f"the Triton install under {root} has no {what} ({path}); {INSTALL_HINT}")
+    import ctypes.util
+
+    if ctypes.util.find_library(f"python{version}") is None:  # the stub embeds the system's shared libpython
+        raise BackendUnavailable(f"Triton's Python backend stub needs the shared library libpython{version}.so.1.0, "
+                                 f"which this system lacks; install it (Debian/Ubuntu: apt-get install "
+                                 f"libpython{version})")
     return found
 
 
