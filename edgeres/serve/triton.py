@@ -25,7 +25,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from edgeres.errors import BackendUnavailable, EdgeresError, InputError
 
@@ -317,11 +316,3 @@ def group_members(pgid: int) -> list[int]:
             members.append(int(entry.name))
     return members
 
-
-@contextlib.contextmanager
-def serving(repository: str | os.PathLike[str], *, ports: Ports | None = None,
-            ready_timeout_s: float = 120.0) -> Iterator[TritonServer]:
-    """Run a server for the block's duration."""
-    server = TritonServer(repository, ports=ports, ready_timeout_s=ready_timeout_s)
-    with server:
-        yield server
