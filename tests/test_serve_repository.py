@@ -162,6 +162,14 @@ def test_serving_repository_has_a_tensor_and_an_image_model(artifacts, tmp_path:
     shim = (tmp_path / "models" / "tiny_image" / "1" / "model.py").read_text()
     assert "from edgeres.serve.python_model import ImageModel as TritonPythonModel" in shim
     compile(shim, "model.py", "exec")
+    import subprocess
+    import sys
+
+    # the shim alone (as the stub's embedded Python runs it) puts edgeres on the path and finds the model class
+    probe = shim.replace("from edgeres.serve.python_model import ImageModel as TritonPythonModel",
+                         "import edgeres.serve.python_model as m; print(m.ImageModel.role)")
+    run = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, cwd="/")
+    assert run.returncode == 0 and run.stdout.strip() == "image", run.stderr
     with pytest.raises(InputError, match="is not empty"):
         serving_repository(art, tmp_path / "models")
 
