@@ -221,7 +221,32 @@ def _accuracy_rows(base: dict[str, Any], now: dict[str, Any], tol: Tolerances) -
             rows.append(Row("top-1 agreement with reference", before, agree, "%", f"{agree - before:+.2f} pp",
                             f"drop <= {tol.accuracy_pp:g} pp", verdict,
                             f"agreement {agree:.2f}% vs baseline {before:.2f}%"))
-    return rows
+    return rows + _budget_row(now)
+
+
+def _budget_row(now: dict[str, Any]) -> list[Row]:
+    """The artifact's own accuracy budget (``build --max-drop``), checked against the FP32 reference here."""
+    budget, ref = now.get("budget"), now.get("reference")
+    if not budget or not ref:
+        return []
+    drop, limit = ref["top1"] - now["top1"], float(budget["max_drop_pp"])
+    verdict = Verdict.PASS if drop <= limit + 1e-9 else Verdict.FAIL
+    return [Row("top-1 drop vs FP32 (build budget)", ref["top1"], now["top1"], "%", f"{-drop:+.2f} pp",
+                f"drop <= {limit:g} pp", verdict,
+                f"the build kept {len(budget.get('high_precision_layers') or [])} layer(s) in float for a budget of "
+                f"{limit:g} pp (measured {budget.get('measured_top1_drop_pp')} pp then); here the drop is {drop:.2f} pp")]
+
+
+def _int8_budget(artifact: str | Path) -> dict[str, Any] | None:
+    """The accuracy budget recorded in the artifact's sidecar by ``build --max-drop``, if any."""
+    from edgeres.backends.base import read_sidecar_for, sidecar_path
+
+    if not sidecar_path(Path(artifact)).is_file():
+        return None
+    int8 = read_sidecar_for(Path(artifact)).int8 or {}
+    if int8.get("max_drop_pp") is None:
+        return None
+    return {key: int8.get(key) for key in ("max_drop_pp", "measured_top1_drop_pp", "high_precision_layers")}
 
 
 def _latency_rows(judgements: list[Judgement]) -> list[Row]:
@@ -313,6 +338,9 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
                                     threads=threads, quiet=quiet)
             if reference is not None:
                 now.accuracy["reference"].update(path=str(Path(reference).resolve()), sha256=sha256_file(reference))
+                budget = _int8_budget(artifact)
+                if budget is not None:
+                    now.accuracy["budget"] = budget
             if base is not None:
                 notes += match_accuracy_inputs(base, now, allow_mismatch=allow_mismatch)
         if latency and (base is None or base.latency):

@@ -195,6 +195,26 @@ def test_cli_build_with_a_budget_records_what_it_kept_in_float(damaged, digits_s
     artifact = onnx.load(str(out / f"{path.stem}.int8.onnx"))
     consumers = [n for n in artifact.graph.node if n.name == victim or victim in n.name]
     assert consumers, "the layer left in float keeps its name"
+    # `edgeres check` verifies the recorded budget against the FP32 reference
+    built, baseline = out / f"{path.stem}.int8.onnx", tmp_path / "baseline.json"
+    first = _invoke("check", built, "--baseline", baseline, "--data", digits_slice, "--reference", path,
+                    "--update-baseline", "--no-latency")
+    assert first.exit_code == 0, first.output
+    again = _invoke("check", built, "--baseline", baseline, "--data", digits_slice, "--reference", path,
+                    "--no-latency", "--json")
+    assert again.exit_code == 0, again.output
+    rows = {row["metric"]: row for row in json.loads(again.output)["rows"]}
+    assert rows["top-1 drop vs FP32 (build budget)"]["verdict"] == "PASS"
+
+
+def test_the_budget_row_fails_a_drop_beyond_the_budget() -> None:
+    from edgeres.check import Verdict, _budget_row
+
+    now = {"top1": 90.0, "reference": {"top1": 92.0},
+           "budget": {"max_drop_pp": 1.0, "measured_top1_drop_pp": 0.4, "high_precision_layers": ["a"]}}
+    assert _budget_row(now)[0].verdict is Verdict.FAIL
+    assert _budget_row({**now, "top1": 91.5})[0].verdict is Verdict.PASS
+    assert _budget_row({**now, "budget": None}) == [] and _budget_row({**now, "reference": None}) == []
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -215,3 +235,16 @@ def test_cli_build_refuses_int8_options_for_float_builds(damaged, tmp_path) -> N
     result = _invoke("build", path, "--precision", "fp32", "--backend", "onnxruntime", "--equalize",
                      "--out", tmp_path / "o", "--verify-images", 0)
     assert result.exit_code != 0 and "apply to --precision int8 only" in result.output
+
+
+@pytest.mark.parametrize("activations", ["s8", "u8"])
+def test_a_layer_kept_in_float_reads_its_input_unquantized_in_both_forms(damaged, damaged_ranges,
+                                                                         activations) -> None:
+    """The u8 form quantizes the outputs of quantized ops too; a kept layer must still read the float tensor,
+    or the ONNX Runtime artifact keeps the very damage the budget left in float."""
+    path, victim = damaged
+    qmodel = quantize_model(onnx.load(str(path)), damaged_ranges.amax, activations=activations, keep_fp32=[victim])
+    dq_outputs = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    node = next(n for n in qmodel.graph.node if n.name == victim)
+    assert not any(name in dq_outputs for name in node.input)
+    assert sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node) > 10, "the rest is still quantized"

@@ -155,7 +155,7 @@ def placement(model: Any, activations: Activations | str, *, keep_fp32: Iterable
     if activations is Activations.S8:
         _place_s8(index, place, adds, pools)
     else:
-        _place_u8(index, place, adds, pools)
+        _place_u8(index, place, adds, pools, kept)
     return place
 
 
@@ -176,22 +176,24 @@ def _place_s8(index: GraphIndex, place: Placement, adds: dict[int, tuple[str | N
 
 
 def _place_u8(index: GraphIndex, place: Placement, adds: dict[int, tuple[str | None, list[str]]],
-              pools: list[int]) -> None:
+              pools: list[int], kept: set[int]) -> None:
     quantized = set(place.weighted) | set(adds) | set(pools)
     for i in quantized:
         node = index.node(i)
         inputs = list(node.input[:2]) if i in adds else data_inputs(node, index)
         for tensor in inputs:
-            _quantize_all(index, place, tensor)
+            _quantize_all(index, place, tensor, kept)
         for tensor in node.output:
-            _quantize_all(index, place, _after_relu(index, tensor))
+            # a node kept in float reads its input unquantized, even where the producer's output is quantized
+            # for its other readers (an accuracy budget's float layer must not see the INT8 grid of its input)
+            _quantize_all(index, place, _after_relu(index, tensor), kept)
     # Q/DQ on both sides of a value-preserving op lets ORT drop the pair, provided both share scale and zp.
     for i, node in enumerate(index.graph.node):
         if node.op_type in TRANSPARENT_OPS and node.input[0] in place.edges:
             out = node.output[0]
             if out in place.edges or any(c in quantized for c in index.consumers.get(out, [])):
                 place.same_as[out] = place.same_as.get(node.input[0], node.input[0])
-                _quantize_all(index, place, out)
+                _quantize_all(index, place, out, kept)
 
 
 def _after_relu(index: GraphIndex, tensor: str) -> str:
@@ -202,8 +204,8 @@ def _after_relu(index: GraphIndex, tensor: str) -> str:
     return tensor
 
 
-def _quantize_all(index: GraphIndex, place: Placement, tensor: str) -> None:
-    consumers = index.consumers.get(tensor, [])
+def _quantize_all(index: GraphIndex, place: Placement, tensor: str, kept: set[int]) -> None:
+    consumers = [c for c in index.consumers.get(tensor, []) if c not in kept]
     if consumers:
         place.add(tensor, consumers)
 
