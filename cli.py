@@ -795,6 +795,44 @@ def env_cmd(as_json: bool) -> None:
     click.echo(f"backend  {report['backend']['auto']}: {report['backend']['why']}")
 
 
+# --- studies ---
+@cli.group()
+def study() -> None:
+    """Reproduce a result of the ResNet paper on your data, with what deployment does to it."""
+
+
+@study.command("degradation")
+@click.argument("data_dir")
+@click.option("--depths", default="20,56", show_default=True, help="Depths (6n+2), comma-separated; a plain and a "
+              "residual network each.")
+@click.option("--shortcut", default="A", show_default=True, type=click.Choice(["A", "B"]),
+              help="Residual shortcut where shapes change (A: zero-padded identity, B: projection).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per network [recipe: digits 10, else 160].")
+@click.option("--seed", default=0, show_default=True, type=int, help="One seed for every network.")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch and ONNX Runtime CPU threads.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Study folder.")
+@click.option("--force", is_flag=True, help="Start over in --out (even an unfinished study), or use an --out holding other files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.pass_context
+def study_degradation(ctx: click.Context, data_dir: str, depths: str, shortcut: str, epochs: int | None, seed: int,
+                      threads: int | None, out: Path, force: bool, as_json: bool) -> None:
+    """Train plain and residual nets of each depth on DATA_DIR (an image folder or 'digits') with one recipe,
+    build each at FP32 and INT8, and write curves.png, table.md and table.json into --out (rerun to resume)."""
+    from edgeres.study import TABLE_COLUMNS, StudyConfig, parse_depths, run_study, table_rows
+    from edgeres.timing import format_table
+
+    cfg = StudyConfig(depths=parse_depths(depths), shortcut=shortcut, epochs=epochs, seed=seed, threads=threads)
+    quiet = quiet_flag(ctx)
+    result = run_study(data_dir, out=out, config=cfg, force=force, quiet=quiet,
+                       on_step=None if quiet else (lambda line: click.echo(f"study: {line}", err=True)))
+    if as_json:
+        echo_json({"out": str(result.out), "verdict": result.verdict, "networks": result.rows})
+        return
+    click.echo(format_table(TABLE_COLUMNS, table_rows(result.rows)))
+    click.echo(result.verdict["summary"])
+    click.echo(f"wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'curves.png'}")
+
+
 def main() -> None:
     """Console-script entry point: SIGTERM is handled like Ctrl-C (temporary files removed, exit 143)."""
     import signal
