@@ -114,7 +114,13 @@ def run_study(data: str | Path, *, out: str | Path, config: StudyConfig | None =
         raise InputError(f"--shortcut must be A or B, got {cfg.shortcut!r}")
     out = Path(out)
     names = network_names(cfg)
-    resolve_dataset(data, seed=cfg.seed)  # a missing or empty dataset fails here, before anything is written
+    try:  # a missing or empty dataset fails here, before anything is written
+        resolve_dataset(data, seed=cfg.seed)
+    except InputError as exc:
+        if "--val-split" not in str(exc):
+            raise
+        raise InputError(f"{data} has no train/ and val/ class folders; the study needs DATA/train/<class>/ and "
+                         "DATA/val/<class>/ images (or the built-in name 'digits')") from None
     _prepare_out(out, cfg, names, force=force)
     step = on_step or (lambda line: None)
     rows, trained = [], []

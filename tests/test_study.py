@@ -138,7 +138,7 @@ def test_cli_bad_inputs(tmp_path: Path, digits_slice: Path) -> None:
     assert res.exit_code == 1 and "6n+2" in res.output and "Traceback" not in res.output
     (tmp_path / "empty").mkdir()
     res = runner.invoke(cli, ["study", "degradation", str(tmp_path / "empty"), "--out", str(tmp_path / "b")])
-    assert res.exit_code == 1 and "empty" in res.output and len(res.output.strip().splitlines()) == 1
+    assert res.exit_code == 1 and "no train/ and val/" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()  # nothing written for a dataset that cannot be opened
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
