@@ -399,7 +399,9 @@ def test_engine_from_another_version_fails_clearly_even_without_fingerprint(doub
 def test_l4t_release_is_recorded(double, fp32_onnx, tmp_path, card, monkeypatch) -> None:
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
-    monkeypatch.setattr(trt_backend, "NV_TEGRA_RELEASE", release)
+    from edgeres.backends.tensorrt import fingerprint
+
+    monkeypatch.setattr(fingerprint, "NV_TEGRA_RELEASE", release)
     _, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
     assert sidecar.fingerprint["l4t"] == "R36.4.0"
 
@@ -780,3 +782,20 @@ def test_the_pycuda_double_frees_like_pycuda(double) -> None:
     other.free()
     ctx.detach()
     assert not double.gpu.memory
+
+
+def test_engine_and_sidecar_are_one_unit(double, fp32_onnx, tmp_path, card) -> None:
+    """The sidecar is written before the engine is renamed into place: a failure between leaves no engine."""
+    from edgeres.backends.tensorrt import builder
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builder, "write_sidecar", fail)
+        with pytest.raises(OSError):
+            _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    assert not (tmp_path / "m.fp32.engine").exists(), "no engine without its sidecar"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"], "nothing left behind"
+    out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
+    assert read_sidecar_for(out).artifact_sha256 == sha256_file(out) == sidecar.artifact_sha256

@@ -1,5 +1,5 @@
 """The GPU layer against the real API surfaces: every ``tensorrt``/``pycuda`` attribute that
-``edgeres/backends/tensorrt.py``, ``tensorrt_runner.py`` and ``cuda.py`` reference exists in each TensorRT version
+``edgeres/backends/tensorrt/`` (a package) and ``cuda.py`` reference exists in each TensorRT version
 whose branch uses it (static, by ``ast``), and the test double is faithful to the recorded surfaces."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from trt_double._cuda import make_driver
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ROOT / "edgeres" / "backends"
 # every module that holds TensorRT or pycuda objects (test_sources_cover_every_module_that_reaches_tensorrt)
-SOURCES = [BACKENDS / "tensorrt.py", BACKENDS / "tensorrt_runner.py", BACKENDS / "cuda.py"]
+TRT_PACKAGE = BACKENDS / "tensorrt"
+SOURCES = sorted(TRT_PACKAGE.glob("*.py")) + [BACKENDS / "cuda.py"]
 ALL = set(VERSIONS)
 V8 = {v for v in VERSIONS if v.startswith("8.")}  # 8.5.2 (JetPack 5.1), 8.6.1
 V10 = {v for v in VERSIONS if v.startswith("10.")}  # 10.3.0 (JetPack 6.1/6.2), 10.13.3
@@ -72,8 +73,7 @@ CUDA_MODULE = {"cuda", "self._cuda", "self.cuda", "ctx.cuda"}
 CUDA_OBJECTS = {
     "cuda.py": {"dev": "Device", "self._ctx": "Context", "self.device": "DeviceAllocation", "a": "Event",
                 "b": "Event", "c": "Event", "start": "Event"},
-    "tensorrt.py": {},
-    "tensorrt_runner.py": {"self._stream": "Stream"},
+    "runner.py": {"self._stream": "Stream"},  # the other modules of edgeres/backends/tensorrt/ hold none by name
 }
 
 
@@ -161,7 +161,7 @@ class _Collector(ast.NodeVisitor):
 def used() -> _Collector:
     collector = _Collector()
     for source in SOURCES:
-        collector.cuda_objects = CUDA_OBJECTS[source.name]
+        collector.cuda_objects = CUDA_OBJECTS.get(source.name, {})
         collector.visit(ast.parse(source.read_text()))
     return collector
 
@@ -255,7 +255,7 @@ def test_only_the_gpu_layer_imports_tensorrt_and_pycuda() -> None:
                 names = [node.module]
             for name in names:
                 root = name.split(".")[0]
-                if (root == "tensorrt" and path != BACKENDS / "tensorrt.py"
+                if (root == "tensorrt" and path != TRT_PACKAGE / "_lib.py"
                         or root == "pycuda" and path != BACKENDS / "cuda.py"):
                     offenders.append(f"{path.relative_to(ROOT)} imports {name}")
                 if name == "pycuda.autoinit":
@@ -280,7 +280,7 @@ def _reaches_tensorrt(tree: ast.AST) -> bool:
 def test_sources_cover_every_module_that_reaches_tensorrt() -> None:
     # the attribute checks above see only SOURCES: a module that uses TensorRT outside them would go unchecked
     reaching = {path for path in (ROOT / "edgeres").rglob("*.py") if _reaches_tensorrt(ast.parse(path.read_text()))}
-    assert {BACKENDS / "tensorrt.py", BACKENDS / "tensorrt_runner.py"} <= reaching
+    assert {TRT_PACKAGE / "_lib.py", TRT_PACKAGE / "builder.py", TRT_PACKAGE / "runner.py"} <= reaching
     unchecked = sorted(str(path.relative_to(ROOT)) for path in reaching - set(SOURCES))
     assert not unchecked, f"{unchecked} use TensorRT but the static surface check does not read them: add to SOURCES"
 

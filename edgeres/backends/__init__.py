@@ -185,13 +185,11 @@ def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, so
                     "algorithm": algorithm}
         else:
             raise InputError(f"--int8-mode must be explicit or implicit, got {int8_mode!r}")
-    sidecar = trt.build_engine(
+    trt.build_engine(
         onnx_for_trt, out=out, precision=precision, card=card, source_onnx_sha256=source_sha, profile=profile,
-        int8_mode=int8_mode, calibration_cache=cache, keep_float_layers=keep_fp32, **options,
+        int8_mode=int8_mode, calibration_cache=cache, keep_float_layers=keep_fp32,
+        int8_provenance={**int8, **int8_provenance}, **options,
     )
-    if precision is Precision.INT8:
-        sidecar.int8 = {**sidecar.int8, **int8, **int8_provenance}
-    write_sidecar(out, sidecar)
     return out
 
 

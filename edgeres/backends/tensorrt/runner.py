@@ -1,7 +1,7 @@
 """Running a TensorRT engine: :class:`TensorRTRunner`, with pycuda buffers and one stream.
 
-TensorRT itself comes from :func:`edgeres.backends.tensorrt._trt` (that module is the only one importing it), and
-so does the check of what an engine is bound to (:func:`~edgeres.backends.tensorrt.check_fingerprint`).
+TensorRT itself comes from :func:`edgeres.backends.tensorrt._lib._trt` (the only module importing it); what an
+engine is bound to is checked by :func:`edgeres.backends.tensorrt.fingerprint.check_fingerprint`.
 
 ::
 
@@ -15,13 +15,13 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
 from edgeres.backends import cuda as cu
 from edgeres.backends.base import BatchProfile, Sidecar, StageTimes, read_sidecar_for
-from edgeres.backends.tensorrt import _Logger, _trt, check_fingerprint, is_available, machine_fingerprint
+from edgeres.backends.tensorrt._lib import _Logger, _trt, is_available
+from edgeres.backends.tensorrt.fingerprint import check_fingerprint, machine_fingerprint
 from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
 
 
