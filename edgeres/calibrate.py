@@ -7,17 +7,17 @@ ranges remember the model's sha256, so they cannot be applied to another model b
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgeres.card import ModelCard, Preprocess, calibration_images, card_from_file, card_from_onnx
 from edgeres.errors import DataError, EdgeresError, InputError, ModelError
+from edgeres.ranges import calibration_errors
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
     input_name, shape = _model_input(model, onnx_path)
     pre = _preprocess_for(card, shape, onnx_path)
     del model  # observe() loads its own folded copy: holding this one too would add the weights to peak memory
-    with _calibration_errors():
+    with calibration_errors():
         collector = make_collector(method, **method_options)
         paths = select_images(onnx_path, card, data=data, images=images, batch_size=batch_size, seed=seed)
         reader = ImageFolderReader(paths, load=_loader(pre, card is None), input_name=input_name,
@@ -92,34 +92,6 @@ def calibrate(onnx_path: str | os.PathLike[str], *, data: str | os.PathLike[str]
 def input_amax(pre: Preprocess) -> float:
     """The largest |value| preprocessing can produce: pixels in [0, 1], normalised per channel."""
     return max(max(abs(0.0 - m), abs(1.0 - m)) / s for m, s in zip(pre.mean, pre.std))
-
-
-def load_ranges_for(onnx_path: str | os.PathLike[str], ranges: Any) -> Any:
-    """The ranges (a ``calibration.Ranges`` or the path of its JSON file), checked against ``onnx_path``.
-
-    Raises:
-        InputError: the ranges file is missing or invalid, or was computed on another model (both sha256 named).
-    """
-    from calibration import Ranges
-    from edgeres.io import sha256_file
-
-    with _calibration_errors():
-        loaded = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
-        if not Path(onnx_path).is_file():
-            raise InputError(f"model {onnx_path} not found")
-        loaded.check_model(sha256_file(onnx_path))
-    return loaded
-
-
-@contextlib.contextmanager
-def _calibration_errors() -> Iterator[None]:
-    """The numpy-only calibration package raises CalibrationError; edgeres users see an InputError."""
-    from calibration import CalibrationError
-
-    try:
-        yield
-    except CalibrationError as exc:
-        raise InputError(str(exc)) from exc
 
 
 # --- the model --------------------------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def measure_sensitivity(model_path: str | os.PathLike[str], ranges: Any, images:
     Raises:
         InputError: no images, unnamed layers, ranges of another model.
     """
-    from edgeres.calibrate import load_ranges_for
+    from edgeres.ranges import load_ranges_for
 
     model_path = Path(model_path)
     ranges = load_ranges_for(model_path, ranges)
@@ -292,7 +292,7 @@ def fit_budget(model_path: str | os.PathLike[str], ranges: Any, images: np.ndarr
     Raises:
         InputError: a negative budget, no images, or a budget missed even with every layer in float.
     """
-    from edgeres.calibrate import load_ranges_for
+    from edgeres.ranges import load_ranges_for
 
     if max_drop_pp < 0:
         raise InputError(f"--max-drop must be 0 or more percentage points, got {max_drop_pp}")

@@ -13,7 +13,8 @@ from PIL import Image
 from calibration import Ranges, trt_cache
 from cli import cli
 from conftest import export_tiny, tiny_resnet20
-from edgeres.calibrate import calibrate, load_ranges_for
+from edgeres.calibrate import calibrate
+from edgeres.ranges import load_ranges_for
 from edgeres.card import ModelCard, Preprocess, card_from_onnx
 from edgeres.errors import DataError, InputError
 from edgeres.io import sha256_file

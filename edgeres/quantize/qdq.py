@@ -59,7 +59,7 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     """
     import onnx
 
-    from edgeres.calibrate import load_ranges_for
+    from edgeres.ranges import load_ranges_for
     from edgeres.io import save_onnx_checked
 
     onnx_path, out = Path(onnx_path), Path(out)
