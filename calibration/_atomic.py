@@ -29,6 +29,10 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, target)
+    except OSError as e:  # name the file the user asked for, not its hidden temporary twin
+        if tmp_name is not None and (e.filename is None or tmp_name in (e.filename, e.filename2)):
+            raise OSError(e.errno, e.strerror, str(target)) from e
+        raise
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)

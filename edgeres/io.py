@@ -35,6 +35,10 @@ def atomic_path(target: str | os.PathLike[str], *, force: bool = True) -> Iterat
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the target
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:  # name the file the user asked for, not its hidden temporary twin (or no file at all)
+        if tmp is not None and (exc.filename is None or str(tmp) in (str(exc.filename), str(exc.filename2))):
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()

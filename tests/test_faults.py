@@ -176,7 +176,7 @@ def test_a_write_failing_at_byte_n_is_one_line_and_leaves_the_old_file(args: lis
                                                                                    "calibrate") else [])
     before = _snapshot(out), _snapshot(work / "data")
     res = cli_in.run(*argv, fsize=2000)  # every file write beyond 2,000 bytes fails (EFBIG)
-    assert_one_line_failure(res, "file too large")
+    assert_one_line_failure(res, "file too large", ": /")  # the cause, then the file
     assert (_snapshot(out), _snapshot(work / "data")) == before
     assert not _leftovers(cli_in.work, cli_in.tmpdir)
     res = cli_in.run(*argv)
