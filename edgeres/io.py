@@ -216,6 +216,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _relocate_card(model: Any, old: Path, new: Path) -> None:
+    from edgeres.card import attach_card_to_onnx, card_for_file, card_from_file, card_from_onnx
+
+    card = card_from_onnx(model)
+    if card is not None and card.dataset.get("root"):
+        attach_card_to_onnx(model, card_for_file(card_from_file(card, old), new))
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for an I/O error: the file and the cause, with "disk full" for ENOSPC."""
     causes = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large (the "
@@ -239,7 +247,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def save_onnx_checked(model: Any, out: str | os.PathLike[str], *, what: str, force: bool = True) -> Path:
+def save_onnx_checked(model: Any, out: str | os.PathLike[str], *, what: str, force: bool = True,
+                      source: str | os.PathLike[str] | None = None) -> Path:
     """Validate an ``onnx.ModelProto`` with ``onnx.checker`` and save it atomically; a failing model is never written.
 
     Args:
@@ -247,8 +256,13 @@ def save_onnx_checked(model: Any, out: str | os.PathLike[str], *, what: str, for
         out: the ``.onnx`` path.
         what: how the error names the model, e.g. ``"the FP16 model converted from m.onnx"``.
         force: replace an existing ``out``.
+        source: the file ``model`` was made from: the model card it carries is moved from being relative to that
+            file's folder to being relative to ``out``'s (its dataset paths stay right when ``out`` lies elsewhere).
     """
     import onnx
+
+    if source is not None:
+        _relocate_card(model, Path(source).parent, Path(out).parent)
 
     try:
         onnx.checker.check_model(model)

@@ -436,3 +436,21 @@ def test_env_says_which_tensorrt_is_imported_and_from_where(tmp_path: Path) -> N
     trt = report["packages"]["tensorrt"]
     assert trt["location"] == str(fake) and trt["from"] == "system" and trt["version"] == "10.3.0"
     assert report["packages"]["onnxruntime"]["version"] and report["backend"]["auto"] == "onnxruntime"
+
+
+def test_quantized_and_fp16_copies_written_elsewhere_still_find_the_dataset(images: Path, tmp_path: Path) -> None:
+    from edgeres.calibrate import calibrate
+    from edgeres.card import card_for_file, read_onnx_card
+    from edgeres.quantize import quantize_qdq, to_fp16
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data / "train")
+    (tmp_path / "a").mkdir()
+    card = card_for_file(_card(root=str(data.resolve())), tmp_path / "a")
+    model = export_tiny(tiny_resnet20(seed=1), tmp_path / "a" / "m.onnx", card)
+    assert read_onnx_card(model).dataset["root"] == str(data.resolve())
+    ranges = calibrate(model, method="minmax", images=8, batch_size=4, quiet=True)  # from the card's data
+    for out in (quantize_qdq(model, ranges, out=tmp_path / "b" / "deeper" / "q.onnx"),
+                to_fp16(model, tmp_path / "c" / "h.onnx")):
+        assert read_onnx_card(out).dataset["root"] == str(data.resolve()), out
+        assert str(tmp_path).encode() not in out.read_bytes()

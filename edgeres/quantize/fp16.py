@@ -46,7 +46,7 @@ def to_fp16(src: str | os.PathLike[str], out: str | os.PathLike[str], *, force: 
     from edgeres.io import save_onnx_checked
 
     model = convert_fp16(onnx.load(str(src)))
-    return save_onnx_checked(model, out, what=f"the FP16 model converted from {src}", force=force)
+    return save_onnx_checked(model, out, what=f"the FP16 model converted from {src}", force=force, source=src)
 
 
 QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19

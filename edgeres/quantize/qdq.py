@@ -71,7 +71,7 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     qmodel = quantize_model(onnx.load(str(onnx_path)), ranges.amax, activations=activations, keep_fp32=keep_fp32,
                             per_channel=per_channel, inplace=True, equalize=equalize)
     _record(qmodel, ranges, activations=Activations(activations), keep_fp32=list(keep_fp32))
-    save_onnx_checked(qmodel, out, what=f"the Q/DQ model written from {onnx_path}", force=force)
+    save_onnx_checked(qmodel, out, what=f"the Q/DQ model written from {onnx_path}", force=force, source=onnx_path)
     log.info("wrote %s (%s activations)", out, Activations(activations).value)
     return out
 
