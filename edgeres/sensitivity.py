@@ -57,8 +57,9 @@ class LayerSensitivity:
 
     @property
     def score(self) -> tuple[float, float]:
-        """Sort key, most sensitive first: the damage alone, then what keeping it in float wins back."""
-        return (self.only_top1_drop_pp + self.only_logit_error, -self.except_logit_error)
+        """Sort key, most sensitive first: the top-1 damage of this layer alone, then (on the many ties at 0 pp)
+        its logit damage alone."""
+        return (self.only_top1_drop_pp, self.only_logit_error)
 
 
 @dataclass
