@@ -454,3 +454,7 @@ def test_quantized_and_fp16_copies_written_elsewhere_still_find_the_dataset(imag
                 to_fp16(model, tmp_path / "c" / "h.onnx")):
         assert read_onnx_card(out).dataset["root"] == str(data.resolve()), out
         assert str(tmp_path).encode() not in out.read_bytes()
+    from edgeres import backends
+
+    with backends.open(model) as runner:  # a plain ONNX run as it is (bench, infer) resolves them too
+        assert runner.card.dataset["root"] == str(data.resolve())

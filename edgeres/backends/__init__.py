@@ -198,7 +198,7 @@ def _plain_onnx_runner(path: Path, opts: dict[str, Any]) -> Runner:
     import onnx
 
     from edgeres.backends.onnxruntime import OnnxRuntimeRunner
-    from edgeres.card import card_from_onnx
+    from edgeres.card import card_from_file, card_from_onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -208,6 +208,7 @@ def _plain_onnx_runner(path: Path, opts: dict[str, Any]) -> Runner:
     if card is None:
         raise ModelError(f"{path} has no sidecar and carries no edgeres model card; export it with `edgeres export` "
                          f"or build it with `edgeres build`")
+    card = card_from_file(card, path.parent)  # its dataset paths are relative to the file
     ops = {node.op_type for node in model.graph.node}
     fp16 = any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
     precision = Precision.INT8 if "QuantizeLinear" in ops or "QLinearConv" in ops else (
