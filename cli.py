@@ -56,6 +56,9 @@ class _EdgeresGroup(click.Group):
             err.exit_code = 2 if ctx.invoked_subcommand == "check" else 1
             raise err from None
         except KeyboardInterrupt as exc:
+            from edgeres.io import remove_own_locks
+
+            remove_own_locks()
             name = getattr(exc, "signal_name", "SIGINT")
             click.echo(f"Error: interrupted ({name}); no partial output was left", err=True)
             ctx.exit(EXIT_INTERRUPTED[name])

@@ -190,6 +190,15 @@ def calibration_images(card: ModelCard) -> list[Path]:
     return [root / p if root is not None else Path(p) for p in listed]
 
 
+def rebase_onnx_card(model: Any, *, source: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """A model made from the file ``source`` and saved as ``out`` (quantize, FP16): its card's relative dataset
+    root, relative to ``source``'s folder, is made relative to ``out``'s."""
+    card = card_from_onnx(model)
+    root = card.dataset.get("root") if card is not None else None
+    if root and not Path(root).is_absolute():
+        attach_card_to_onnx(model, card_for_file(card_from_file(card, Path(source).parent), Path(out).parent))
+
+
 def card_from_onnx(model: Any) -> ModelCard | None:
     """The card stored in an ``onnx.ModelProto``'s metadata, or None when it carries none."""
     for prop in model.metadata_props:

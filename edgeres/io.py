@@ -60,6 +60,7 @@ def exclusive_lock(target: str | os.PathLike[str], *, what: str = "output") -> I
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd: int | None = None
     held = False
+    _LOCKS.add(lock)  # before the file exists: remove_own_locks() finds it whenever an interrupt lands
     try:
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -94,6 +95,34 @@ def exclusive_lock(target: str | os.PathLike[str], *, what: str = "output") -> I
                 os.unlink(lock)
         if fd is not None:
             os.close(fd)
+        _LOCKS.discard(lock)
+
+
+_LOCKS: set[Path] = set()  # lock files this process is taking or holds
+
+
+def remove_own_locks() -> None:
+    """Remove the lock files this process took and an interrupt kept it from removing (it landed where no cleanup
+    could run, e.g. between a generator's yield and its caller's ``with``). Another process's lock is left alone."""
+    import fcntl
+
+    for lock in list(_LOCKS):
+        try:
+            ours = lock.read_text().strip() == str(os.getpid())
+            if not ours:  # empty: taken but not yet marked; ours only if nobody holds it
+                fd = os.open(lock, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    ours = True
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            if ours:
+                lock.unlink()
+        except OSError:
+            pass
+        _LOCKS.discard(lock)
 
 
 def _umask() -> int:
@@ -216,14 +245,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _relocate_card(model: Any, old: Path, new: Path) -> None:
-    from edgeres.card import attach_card_to_onnx, card_for_file, card_from_file, card_from_onnx
-
-    card = card_from_onnx(model)
-    if card is not None and card.dataset.get("root"):
-        attach_card_to_onnx(model, card_for_file(card_from_file(card, old), new))
-
-
 def describe_os_error(exc: OSError) -> str:
     """One line for an I/O error: the file and the cause, with "disk full" for ENOSPC."""
     causes = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large (the "
@@ -247,8 +268,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def save_onnx_checked(model: Any, out: str | os.PathLike[str], *, what: str, force: bool = True,
-                      source: str | os.PathLike[str] | None = None) -> Path:
+def save_onnx_checked(model: Any, out: str | os.PathLike[str], *, what: str, force: bool = True) -> Path:
     """Validate an ``onnx.ModelProto`` with ``onnx.checker`` and save it atomically; a failing model is never written.
 
     Args:
@@ -256,13 +276,8 @@ def save_onnx_checked(model: Any, out: str | os.PathLike[str], *, what: str, for
         out: the ``.onnx`` path.
         what: how the error names the model, e.g. ``"the FP16 model converted from m.onnx"``.
         force: replace an existing ``out``.
-        source: the file ``model`` was made from: the model card it carries is moved from being relative to that
-            file's folder to being relative to ``out``'s (its dataset paths stay right when ``out`` lies elsewhere).
     """
     import onnx
-
-    if source is not None:
-        _relocate_card(model, Path(source).parent, Path(out).parent)
 
     try:
         onnx.checker.check_model(model)

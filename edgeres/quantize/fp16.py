@@ -43,10 +43,12 @@ def to_fp16(src: str | os.PathLike[str], out: str | os.PathLike[str], *, force: 
     """
     import onnx
 
+    from edgeres.card import rebase_onnx_card
     from edgeres.io import save_onnx_checked
 
     model = convert_fp16(onnx.load(str(src)))
-    return save_onnx_checked(model, out, what=f"the FP16 model converted from {src}", force=force, source=src)
+    rebase_onnx_card(model, source=src, out=out)  # its dataset paths stay right wherever out lies
+    return save_onnx_checked(model, out, what=f"the FP16 model converted from {src}", force=force)
 
 
 QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19

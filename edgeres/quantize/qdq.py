@@ -59,8 +59,9 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     """
     import onnx
 
-    from edgeres.ranges import load_ranges_for
+    from edgeres.card import rebase_onnx_card
     from edgeres.io import save_onnx_checked
+    from edgeres.ranges import load_ranges_for
 
     onnx_path, out = Path(onnx_path), Path(out)
     if out.resolve() == onnx_path.resolve():
@@ -71,7 +72,8 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
     qmodel = quantize_model(onnx.load(str(onnx_path)), ranges.amax, activations=activations, keep_fp32=keep_fp32,
                             per_channel=per_channel, inplace=True, equalize=equalize)
     _record(qmodel, ranges, activations=Activations(activations), keep_fp32=list(keep_fp32))
-    save_onnx_checked(qmodel, out, what=f"the Q/DQ model written from {onnx_path}", force=force, source=onnx_path)
+    rebase_onnx_card(qmodel, source=onnx_path, out=out)  # its dataset paths stay right wherever out lies
+    save_onnx_checked(qmodel, out, what=f"the Q/DQ model written from {onnx_path}", force=force)
     log.info("wrote %s (%s activations)", out, Activations(activations).value)
     return out
 
