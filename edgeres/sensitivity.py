@@ -124,7 +124,7 @@ def labelled_images(onnx_path: str | os.PathLike[str], *, data: str | os.PathLik
     Raises:
         InputError: no card, no data given or recorded, classes the model does not know, no images.
     """
-    from edgeres.card import read_onnx_card
+    from edgeres.card import calibration_images, read_onnx_card
     from edgeres.data import load_batch, open_dataset, scan_image_folder
 
     onnx_path = Path(onnx_path)
@@ -149,7 +149,7 @@ def labelled_images(onnx_path: str | os.PathLike[str], *, data: str | os.PathLik
     if unknown:
         raise InputError(f"{where} has class folder(s) {', '.join(unknown[:3])} that {onnx_path.name} does not know; "
                          f"its classes are {', '.join(card.class_names[:5])}...")
-    calibration = {Path(c).resolve() for c in card.dataset.get("calibration") or [] if Path(c).is_file()}
+    calibration = {c.resolve() for c in calibration_images(card) if c.is_file()}
     overlap = [path for path, _ in folder.samples if Path(path).resolve() in calibration]
     if overlap:
         raise InputError(f"{where} holds {len(overlap)} of the calibration images (e.g. {overlap[0]}); accuracy "

@@ -37,9 +37,12 @@ def labelled(tiny_onnx: Path, digits_slice: Path) -> tuple[np.ndarray, np.ndarra
 @pytest.fixture(scope="module")
 def damaged(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The tiny model with chain 0 imbalanced by FACTOR; and the name of the Conv that reads the ruined tensor."""
+    from edgeres.card import rebase_onnx_card
+
     model = fold_batchnorm(onnx.load(str(tiny_onnx)))
     pair = imbalance(model, factor=FACTOR, pair=0)
     path = tmp_path_factory.mktemp("damaged") / "damaged.onnx"
+    rebase_onnx_card(model, source=tiny_onnx, out=path)  # its card still finds the dataset from the new folder
     onnx.save(model, str(path))
     return path, pair.second
 
@@ -248,3 +251,17 @@ def test_a_layer_kept_in_float_reads_its_input_unquantized_in_both_forms(damaged
     node = next(n for n in qmodel.graph.node if n.name == victim)
     assert not any(name in dq_outputs for name in node.input)
     assert sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node) > 10, "the rest is still quantized"
+
+
+def test_evaluation_never_uses_the_calibration_images(damaged, digits_slice, tmp_path) -> None:
+    """The card lists calibration images relative to the dataset root; a folder holding them is refused."""
+    from edgeres.card import calibration_images, read_onnx_card
+    from edgeres.sensitivity import labelled_images
+
+    path, _ = damaged
+    listed = calibration_images(read_onnx_card(str(path)))
+    assert listed and all(p.is_file() for p in listed)
+    x, y, where = labelled_images(path, limit=30)
+    assert len(x) == 30 and "validation split" in where
+    with pytest.raises(InputError, match="of the calibration images"):
+        labelled_images(path, data=listed[0].parents[1])  # the training folder the calibration list comes from
