@@ -490,7 +490,9 @@ def _notes(result: BuildResult) -> list[str]:
 
 def build_table(result: BuildResult) -> list[tuple[str, str]]:
     """(field, value) rows for the CLI's summary table."""
-    rows = [("artifact", str(result.artifact)), ("backend", f"{result.backend} {result.sidecar.backend_version}"),
+    location = result.sidecar.fingerprint.get("tensorrt_location")  # JetPack's TensorRT or a wheel's
+    rows = [("artifact", str(result.artifact)), ("backend", f"{result.backend} {result.sidecar.backend_version}"
+                                                            + (f" (from {location})" if location else "")),
             ("why", result.backend_reason), ("precision", result.precision),
             ("from", str(result.onnx) + (" (exported now)" if result.exported else "")),
             ("batch profile", "{min}:{opt}:{max}".format(**result.sidecar.profile))]

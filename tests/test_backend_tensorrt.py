@@ -141,6 +141,7 @@ def test_build_fp32_and_infer_in_batches(double, fp32_onnx: Path, tmp_path: Path
     fp = sidecar.fingerprint
     assert fp["tensorrt"] == trt_backend.trt_version() == double.trt.__version__.removesuffix(".post1") and fp["compute_capability"] == "8.7"
     assert fp["gpu"] == FakeDevice().name and fp["cuda"] == "12.2" and fp["profile"] == {"min": 1, "opt": 4, "max": 8}
+    assert fp["tensorrt_location"] == f"/double/tensorrt-{double.version}/tensorrt", "which TensorRT was imported"
     assert sidecar.backend == "tensorrt" and sidecar.backend_version == fp["tensorrt"]
     results, times = _run_batches(out, double)
     for n, got in zip((8, 3, 1), results):

@@ -41,6 +41,7 @@ def make_tensorrt(version: str, gpu: FakeGpu, *, dla_cores: int = 0) -> types.Mo
 
     def extra(mod: types.ModuleType) -> None:
         mod._d_gpu = gpu
+        mod.__file__ = f"/double/tensorrt-{version}/tensorrt/__init__.py"  # where edgeres says it came from
         mod._d_dla_cores = dla_cores
         mod._d_messages = []
         mod._d_logged = []

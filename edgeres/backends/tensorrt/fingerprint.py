@@ -26,10 +26,13 @@ def l4t_release(path: Path | None = None) -> str | None:
 
 
 def machine_fingerprint(trt: ModuleType) -> dict[str, Any]:
-    """TensorRT version, GPU, CUDA and L4T of this machine (what an engine is bound to)."""
+    """TensorRT version (and where it was imported from: JetPack's or a wheel), GPU, CUDA and L4T of this machine
+    (what an engine is bound to)."""
     info = cu.device_info(0)
+    location = vars(trt).get("__file__")  # a module attribute, not part of the TensorRT API surface
     return {"tensorrt": _numeric_version(trt.__version__), "gpu": info.name, "compute_capability": info.compute_capability,
-            "cuda": info.cuda_version, "driver": info.driver_version, "l4t": l4t_release()}
+            "cuda": info.cuda_version, "driver": info.driver_version, "l4t": l4t_release(),
+            "tensorrt_location": str(Path(location).parent) if location else None}
 
 
 def runtime_can_load(built: str, runtime: str, *, version_compatible: bool) -> bool:
