@@ -144,6 +144,7 @@ class CudaContext:
         with self.closing():
             pass
 
+
 class Buffer:
     """A page-locked host array and a device allocation of the same size (call inside ``CudaContext.active``)."""
 

@@ -88,13 +88,14 @@ def convert_fp16(model: Any) -> Any:
             nodes.append(helper.make_node("Cast", [v.name], [renames[v.name]], to=_FLOAT16,
                                           name=f"{v.name}_to_fp16"))
     outputs = {o.name for o in graph.output if o.type.tensor_type.elem_type == _FLOAT}
+    to_cast = (floats - fp32_initializers) | set(renames.values())  # the FP16 tensors a kept op reads or writes
     for node in graph.node:
         _convert_attributes(node)
         for k, name in enumerate(node.input):
             if name in renames:
                 node.input[k] = renames[name]
         if node.op_type in KEEP_FP32_OPS:
-            nodes.extend(_wrap_fp32(node, to_cast={n for n in floats if n not in fp32_initializers} | set(renames.values())))
+            nodes.extend(_wrap_fp32(node, to_cast=to_cast))
             continue
         nodes.append(node)
     # Each FP32 output is now written in FP16 as "<name>_fp16"; a final Cast writes the FP32 "<name>".
