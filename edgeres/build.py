@@ -122,6 +122,8 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
 
     start = time.perf_counter()
     precision = Precision(precision)
+    mixed = _MixedPrecision(max_drop, eval_data, tuple(exclude_layers), equalize)
+    mixed.check_options(precision)
     model_path = Path(model_path)
     out_dir = Path(out_dir) if out_dir is not None else model_path.parent
     chosen, reason = choose_backend(backend)
@@ -137,8 +139,7 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
                                  calib_dir=calib_dir, calib_method=calib_method, calib_images=calib_images,
                                  profile=profile, out_dir=out_dir, force=force, threads=threads,
                                  verify_images=verify_images, quiet=quiet, start=start,
-                                 mixed=_MixedPrecision(max_drop, eval_data, tuple(exclude_layers), equalize),
-                                 **backend_options)
+                                 mixed=mixed, **backend_options)
     finally:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed build leaves no empty --out folder behind
@@ -165,17 +166,16 @@ def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, cho
     ranges = ranges_path = reused = None
     provenance: dict[str, Any] = {}
     if precision is Precision.INT8:
+        exclude = mixed.layers(onnx_path)
         ranges, ranges_path, reused = _ranges_for(onnx_path, card, calib_dir=calib_dir, method=calib_method,
                                                   images=calib_images, out_dir=out_dir, force=force, quiet=quiet,
                                                   equalize=mixed.equalize)
         provenance = {"ranges_file": ranges_path.name, "method": ranges.method, "num_images": ranges.num_images,
                       "model_sha256": ranges.model_sha256, "manifest_sha256": ranges.manifest_sha256,
                       "ranges_reused": reused, "equalized": mixed.equalize}
-        keep = mixed.plan(onnx_path, ranges, quiet=quiet, provenance=provenance)
+        keep = mixed.plan(onnx_path, ranges, exclude, quiet=quiet, provenance=provenance)
         if keep:
             backend_options["keep_fp32"] = keep
-    elif mixed.requested:
-        raise InputError("--max-drop, --exclude-layers and --equalize apply to --precision int8 only")
     backends.build(onnx_path, backend=chosen, precision=precision, out=artifact, profile=profile, ranges=ranges,
                    int8_provenance=provenance, threads=threads, progress=not quiet, **backend_options)
     result = BuildResult(artifact=artifact, sidecar=read_sidecar_for(artifact), backend=chosen.value,
@@ -334,19 +334,26 @@ class _MixedPrecision:
     exclude_layers: tuple[str, ...]
     equalize: bool
 
-    @property
-    def requested(self) -> bool:
-        return self.max_drop is not None or bool(self.exclude_layers) or self.equalize
-
-    def plan(self, onnx_path: Path, ranges: Any, *, quiet: bool, provenance: dict[str, Any]) -> list[str]:
-        """The layers to keep in float (recorded in ``provenance``, the sidecar's int8 section)."""
-        import onnx
-
-        from edgeres.sensitivity import check_layer_names, fit_budget, labelled_images
-
+    def check_options(self, precision: Precision) -> None:
+        """One-line errors for options that cannot apply, before any work."""
+        if precision is not Precision.INT8 and (self.max_drop is not None or self.exclude_layers or self.equalize):
+            raise InputError("--max-drop, --exclude-layers and --equalize apply to --precision int8 only")
         if self.max_drop is not None and self.max_drop < 0:
             raise InputError(f"--max-drop must be 0 or more percentage points, got {self.max_drop}")
-        exclude = check_layer_names(onnx.load(str(onnx_path)), self.exclude_layers) if self.exclude_layers else []
+
+    def layers(self, onnx_path: Path) -> list[str]:
+        """The --exclude-layers, each checked to name a quantizable layer of the model (before calibrating)."""
+        import onnx
+
+        from edgeres.sensitivity import check_layer_names
+
+        return check_layer_names(onnx.load(str(onnx_path)), self.exclude_layers) if self.exclude_layers else []
+
+    def plan(self, onnx_path: Path, ranges: Any, exclude: list[str], *, quiet: bool,
+             provenance: dict[str, Any]) -> list[str]:
+        """The layers to keep in float (recorded in ``provenance``, the sidecar's int8 section)."""
+        from edgeres.sensitivity import fit_budget, labelled_images
+
         if self.max_drop is None:
             if exclude:
                 provenance["high_precision_layers"] = list(exclude)
