@@ -142,9 +142,9 @@ def data_digits(out_dir: Path, seed: int, force: bool) -> None:
 
 # --- train/export commands ---
 def _model_choice() -> click.Choice:
-    from edgeres import models
+    from edgeres.architectures import names  # not edgeres.models: that imports torch for every command
 
-    return click.Choice(models.names())
+    return click.Choice(names())
 
 
 @cli.command()

@@ -107,3 +107,12 @@ def test_import_edgeres_loads_neither_torch_nor_onnxruntime() -> None:
             "if m in sys.modules]; print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_cli_starts_without_torch_and_names_every_architecture() -> None:
+    code = "import sys, cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "importing the CLI must not import torch (every command would wait)"
+    from edgeres import architectures, models
+
+    assert architectures.names() == models.names()
