@@ -3,6 +3,7 @@ surface (TensorRT 8.6.1, 10.13.3, 11.4.0): build fp32/fp16/int8 (explicit and im
 in batches incl. a partial one, stage times; and what must differ between the versions."""
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import threading
@@ -124,6 +125,31 @@ def _carded_with_ranges(fp32_onnx: Path, tmp_path: Path, card: ModelCard):
     ranges = Ranges(amax=amax, method="minmax", num_images=4, model_sha256=sha256_file(src), manifest_sha256="0" * 64,
                     preprocess=card.preprocess.to_dict())
     return src, ranges
+
+
+@contextlib.contextmanager
+def _raw_build(double, onnx_path: Path):
+    """TensorRT's own API, as an application would call it: the ONNX parsed into an explicit-batch network with
+    a 1:4:8 profile, and a config, all in the GPU's primary context (pushed for the block)."""
+    trt, cuda = double.trt, double.cuda
+    cuda.init()
+    ctx = cuda.Device(0).retain_primary_context()
+    ctx.push()
+    try:
+        logger = trt.Logger()
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+                                         if double.version.startswith("8.") else 0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse(onnx_path.read_bytes())
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        profile.set_shape("input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))
+        config.add_optimization_profile(profile)
+        yield builder, network, config
+    finally:
+        cuda.Context.pop()
+        ctx.detach()
 
 
 def _run_batches(out: Path, double) -> tuple[list[np.ndarray], list]:
@@ -485,20 +511,7 @@ def test_double_refuses_calibration_below_the_profile_opt(version, monkeypatch, 
     buffer of 2, past its end."""
     double = install(monkeypatch, version)
     trt, cuda = double.trt, double.cuda
-    cuda.init()
-    ctx = cuda.Device(0).retain_primary_context()
-    ctx.push()
-    try:
-        logger = trt.Logger()
-        builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-                                         if version.startswith("8.") else 0)
-        parser = trt.OnnxParser(network, logger)
-        assert parser.parse(fp32_onnx.read_bytes())
-        config = builder.create_builder_config()
-        profile = builder.create_optimization_profile()
-        profile.set_shape("input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))
-        config.add_optimization_profile(profile)
+    with _raw_build(double, fp32_onnx) as (builder, network, config):
         config.set_flag(trt.BuilderFlag.INT8)
         buffer = cuda.mem_alloc(2 * 3 * 16 * 16 * 4)
         served = []
@@ -526,9 +539,6 @@ def test_double_refuses_calibration_below_the_profile_opt(version, monkeypatch, 
         assert any("Calibration Profile is not defined" in m for _, m in double.messages)
         assert any("calibration read (4, 3, 16, 16)" in m and "illegal memory access" in m for _, m in double.messages)
         buffer.free()
-    finally:
-        cuda.Context.pop()
-        ctx.detach()
 
 
 def test_one_primary_context_for_build_and_run(double, fp32_onnx, tmp_path, card) -> None:
@@ -730,21 +740,9 @@ def test_double_puts_every_layer_on_the_gpu_for_dla_with_a_dynamic_profile(monke
     """What TensorRT does with DLA and min != max (what edgeres refuses up front): with GPU fallback every layer
     silently runs on the GPU; without it the build fails."""
     double = install(monkeypatch, "10.13.3", dla_cores=2)
-    trt, cuda = double.trt, double.cuda
-    cuda.init()
-    ctx = cuda.Device(0).retain_primary_context()
-    ctx.push()
-    try:
-        for fallback in (True, False):
-            logger = trt.Logger()
-            builder = trt.Builder(logger)
-            network = builder.create_network(0)
-            parser = trt.OnnxParser(network, logger)
-            assert parser.parse(fp32_onnx.read_bytes())
-            config = builder.create_builder_config()
-            profile = builder.create_optimization_profile()
-            profile.set_shape("input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))
-            config.add_optimization_profile(profile)
+    trt = double.trt
+    for fallback in (True, False):
+        with _raw_build(double, fp32_onnx) as (builder, network, config):
             config.set_flag(trt.BuilderFlag.FP16)
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = 0
@@ -758,9 +756,6 @@ def test_double_puts_every_layer_on_the_gpu_for_dla_with_a_dynamic_profile(monke
             else:
                 assert serialized is None
                 assert any("DLA does not support dynamic shapes" in m for _, m in double.messages)
-    finally:
-        cuda.Context.pop()
-        ctx.detach()
 
 
 def test_the_pycuda_double_frees_like_pycuda(double) -> None:

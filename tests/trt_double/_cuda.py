@@ -115,7 +115,8 @@ class FakeGpu:
 
     def context_for_tensorrt(self) -> _CuContext:
         """The context a TensorRT object binds to: the current one, else the primary context of device 0 (the
-        CUDA runtime's implicit initialisation, which TensorRT relies on)."""
+        CUDA runtime's implicit initialisation, which TensorRT relies on: CUDA Runtime API guide, "Primary
+        Contexts")."""
         stack = self.stack()
         cu = stack[-1].cu if stack and stack[-1].alive else self.primary(0)
         if cu.primary and cu.retains == 0:

@@ -32,7 +32,10 @@ Rules modelled after real-hardware defects (each cites its source):
   on failure");
 - TensorRT 11's engine inspector writes "I/O Tensors" instead of "Bindings" and splits a layer output's
   "Format/Datatype" into "Format" and "DataType" (TensorRT 11 migration guide, IEngineInspector JSON output);
-- Builder and Runtime bind to the CUDA context current when they are made, else the primary context.
+- Builder and Runtime bind to the CUDA context current when they are made, else the device's primary context
+  (CUDA Runtime API guide, "Primary Contexts": the runtime uses the primary context when none is current), and
+  ``execute_async_v3`` launches in that context, so a stream of another context is refused (CUDA driver API:
+  a stream belongs to the context it was created in; using it elsewhere is CUDA_ERROR_INVALID_HANDLE).
 """
 from __future__ import annotations
 
@@ -389,7 +392,19 @@ class IProgressMonitor(_Obj):
         object.__setattr__(self, "_d_init", True)
 
 
-class IBuilderConfig(_Obj):
+class _DlaCore:
+    """``DLA_core`` of IBuilderConfig and Runtime: -1 until set (NvInfer.h ``getDLACore``: -1 when unset)."""
+
+    @property
+    def DLA_core(self) -> int:  # noqa: N802 - TensorRT's name
+        return getattr(self, "_d_dla", -1)
+
+    @DLA_core.setter
+    def DLA_core(self, value: int) -> None:  # noqa: N802
+        object.__setattr__(self, "_d_dla", int(value))
+
+
+class IBuilderConfig(_DlaCore, _Obj):
     def set_calibration_profile(self, profile: Any) -> bool:
         shapes = profile._d_shapes
         if not shapes or any(not (len(a) == len(b) == len(c)) or any(not x <= y <= z for x, y, z in zip(a, b, c))
@@ -480,14 +495,6 @@ class IBuilderConfig(_Obj):
         if not 0 <= int(value) <= 5:
             raise ValueError("builder_optimization_level must be in [0, 5]")
         object.__setattr__(self, "_d_opt_level", int(value))
-
-    @property
-    def DLA_core(self) -> int:  # noqa: N802 - TensorRT's name
-        return getattr(self, "_d_dla", -1)
-
-    @DLA_core.setter
-    def DLA_core(self, value: int) -> None:  # noqa: N802
-        object.__setattr__(self, "_d_dla", int(value))
 
     @property
     def default_device_type(self) -> Any:
@@ -754,7 +761,7 @@ def runtime_accepts(built: str, runtime: str, version_compatible: bool) -> bool:
     return b[0] == r[0] or (b[0], r[0]) in {(8, 10), (10, 11)}
 
 
-class Runtime(_Obj):
+class Runtime(_DlaCore, _Obj):
     def __init__(self, logger: Any) -> None:
         _check_gpu(self)
         object.__setattr__(self, "_d_logger", logger)
@@ -767,14 +774,6 @@ class Runtime(_Obj):
     @engine_host_code_allowed.setter
     def engine_host_code_allowed(self, value: bool) -> None:
         object.__setattr__(self, "_d_host_code", bool(value))
-
-    @property
-    def DLA_core(self) -> int:  # noqa: N802 - TensorRT's name
-        return getattr(self, "_d_dla", -1)
-
-    @DLA_core.setter
-    def DLA_core(self, value: int) -> None:  # noqa: N802
-        object.__setattr__(self, "_d_dla", int(value))
 
     def deserialize_cuda_engine(self, serialized_engine: Any) -> Any:
         data = bytes(serialized_engine)
