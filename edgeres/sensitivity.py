@@ -267,7 +267,10 @@ def measure_sensitivity(model_path: str | os.PathLike[str], ranges: Any, images:
     model_path = Path(model_path)
     ranges = load_ranges_for(model_path, ranges)
     ev = _Evaluator(model_path, ranges.amax, images, np.asarray(labels), equalize=equalize)
-    layers = quantizable_layers(ev.source, equalize=equalize)
+    return _measure(ev, quantizable_layers(ev.source, equalize=equalize), quiet=quiet)
+
+
+def _measure(ev: _Evaluator, layers: list[Layer], *, quiet: bool) -> SensitivityReport:
     drop_all, error_all = ev.variant([])
     results = []
     with Progress(len(layers), "sensitivity", unit="layer", quiet=quiet) as bar:
@@ -277,9 +280,9 @@ def measure_sensitivity(model_path: str | os.PathLike[str], ranges: Any, images:
             results.append(LayerSensitivity(layer.node, layer.op, layer.tensor, only[0], only[1], but[0], but[1]))
             bar.update(1)
     results.sort(key=lambda r: r.score, reverse=True)
-    return SensitivityReport(model=str(model_path), images=len(images), fp32_top1=ev.fp32_top1,
+    return SensitivityReport(model=str(ev.path), images=len(ev.images), fp32_top1=ev.fp32_top1,
                              int8_top1=ev.fp32_top1 - drop_all, int8_logit_error=error_all, layers=results,
-                             equalize=equalize)
+                             equalize=ev.equalize)
 
 
 def fit_budget(model_path: str | os.PathLike[str], ranges: Any, images: np.ndarray, labels: Sequence[int], *,
@@ -299,13 +302,16 @@ def fit_budget(model_path: str | os.PathLike[str], ranges: Any, images: np.ndarr
         raise InputError(f"--max-drop must be 0 or more percentage points, got {max_drop_pp}")
     model_path = Path(model_path)
     ranges = load_ranges_for(model_path, ranges)
-    if order is None:
-        order = measure_sensitivity(model_path, ranges, images, labels, equalize=equalize, quiet=quiet).ranking()
     ev = _Evaluator(model_path, ranges.amax, images, np.asarray(labels), equalize=equalize)
-    layers = [layer.node for layer in quantizable_layers(ev.source, equalize=equalize)]
+    found = quantizable_layers(ev.source, equalize=equalize)
+    layers = [layer.node for layer in found]
+    if order is None:  # one evaluator serves the ranking and the search: FP32 is run once
+        report = _measure(ev, found, quiet=quiet)
+        order, drop_all = report.ranking(), report.fp32_top1 - report.int8_top1
+    else:
+        drop_all = ev.variant([])[0]
     kept = list(dict.fromkeys(exclude))
     queue = [name for name in order if name not in kept]
-    drop_all, _ = ev.variant([])
     drop = ev.variant(kept)[0] if kept else drop_all
     with Progress(len(queue), "accuracy budget", unit="layer", quiet=quiet) as bar:
         while drop > max_drop_pp + 1e-9 and queue:
