@@ -111,10 +111,10 @@ def _build(trt: ModuleType, feat: Features, fingerprint: dict[str, Any], onnx_pa
            progress: bool,
            calibration_data: Iterable[np.ndarray] | None, ctx: cu.CudaContext) -> Sidecar:
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
-        src = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp), high_precision=high_precision)
+        src, qdq = _network_source(onnx_path, precision, int8_mode, feat, Path(tmp), high_precision=high_precision)
         logger = _Logger(trt)
         builder = trt.Builder(logger.trt_logger)
-        network = _parse(trt, builder, src, feat, logger)
+        network = _parse(trt, builder, src, feat, logger, qdq=qdq)
         config = builder.create_builder_config()
         flags = _configure(trt, builder, network, config, feat, precision=precision, int8_mode=int8_mode,
                            calibration_cache=calibration_cache, profile=profile, workspace_mb=workspace_mb,

@@ -22,10 +22,6 @@ def _load_onnx(path: Path) -> Any:
         raise ModelError(f"{path} is not a readable ONNX file ({exc})") from exc
 
 
-def _onnx_ops(path: Path) -> set[str]:
-    return {node.op_type for node in _load_onnx(path).graph.node}
-
-
 def _check_symmetric_int8(model: Any, path: Path) -> None:
     """TensorRT's ONNX parser takes only INT8 Q/DQ with zero point 0 (onnx-tensorrt, QuantDequantLinearHelper:
     "TensorRT only supports symmetric quantization"); refuse the u8 ONNX Runtime form before TensorRT does."""
@@ -62,9 +58,9 @@ def _float16_qdq(model: Any) -> bool:
 
 
 def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat: Features, tmp: Path, *,
-                    high_precision: str = "fp16") -> Path:
+                    high_precision: str = "fp16") -> tuple[Path, bool]:
     """The ONNX TensorRT parses: the given one, or an FP16-typed copy (fp16 on 11.x; the float part of a Q/DQ
-    network built strongly typed with ``high_precision="fp16"``)."""
+    network built strongly typed with ``high_precision="fp16"``); and whether it holds Q/DQ (read once here)."""
     model = _load_onnx(onnx_path)
     has_qdq = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     if has_qdq:
@@ -75,7 +71,7 @@ def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat:
             and not fp16_qdq):
         from edgeres.quantize import to_fp16
 
-        return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx"))
+        return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx")), has_qdq
     if precision is Precision.INT8 and int8_mode == "explicit" and not has_qdq:
         raise ModelError(f"{onnx_path} has no QuantizeLinear/DequantizeLinear nodes, so it cannot make an explicit "
                          f"INT8 engine; quantize it first (`edgeres quantize`) or use --int8-mode implicit")
@@ -89,15 +85,15 @@ def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat:
         # 11.x: no FP16 flag; the network's types decide, so feed an FP16-typed ONNX (FP32 I/O)
         from edgeres.quantize import to_fp16
 
-        return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx"))
-    return onnx_path
+        return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx")), has_qdq
+    return onnx_path, has_qdq
 
 
-def _parse(trt: ModuleType, builder: Any, src: Path, feat: Features, logger: _Logger) -> Any:
+def _parse(trt: ModuleType, builder: Any, src: Path, feat: Features, logger: _Logger, *, qdq: bool) -> Any:
     flags = 0
     if feat.explicit_batch is not None:  # 8.x: ONNX needs an explicit-batch network
         flags |= 1 << int(feat.explicit_batch)
-    if feat.strongly_typed is not None and _wants_strong_types(src):  # 10.x: Q/DQ networks built strongly typed
+    if feat.strongly_typed is not None and qdq:  # 10.x: Q/DQ networks built strongly typed
         flags |= 1 << int(feat.strongly_typed)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger.trt_logger)
@@ -113,9 +109,6 @@ class _NetworkHolder:
     parser: Any
     flags: int
 
-
-def _wants_strong_types(src: Path) -> bool:
-    return "QuantizeLinear" in _onnx_ops(src)
 
 
 def _parser_errors(parser: Any, src: Path, feat: Features) -> list[str]:
