@@ -172,7 +172,7 @@ def train(ctx: click.Context, data_dir: str, arch: str, out: Path, epochs: int |
           force: bool) -> None:
     """Train ARCH on DATA_DIR (an image folder, or the built-in name 'digits') and write a checkpoint."""
     from edgeres.errors import InputError
-    from edgeres.train import TrainConfig, train as run_training
+    from edgeres.training import TrainConfig, train as run_training
 
     if out.exists() and not (resume or force):
         raise InputError(f"{out} already exists; pass --resume to continue it or --force to start over")
@@ -197,7 +197,7 @@ def train(ctx: click.Context, data_dir: str, arch: str, out: Path, epochs: int |
 def export(ctx: click.Context, checkpoint: Path, out: Path, opset: int, batch: str, arch: str | None,
            force: bool) -> None:
     """Export CHECKPOINT to ONNX and check it against PyTorch with ONNX Runtime."""
-    from edgeres.export import export_onnx
+    from edgeres.exporting import export_onnx
 
     result = export_onnx(checkpoint, out=out, opset=opset, batch=batch, force=force, arch=arch,
                          quiet=quiet_flag(ctx))
@@ -251,7 +251,7 @@ def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, i
 
     from calibration import CalibrationError
     from calibration import trt_cache as cache
-    from edgeres.calibrate import calibrate as run_calibration
+    from edgeres.calibrating import calibrate as run_calibration
     from edgeres.errors import InputError
 
     out = out or model.with_name(f"{model.stem}.ranges.json")
@@ -308,7 +308,7 @@ def quantize(model: Path, ranges_path: Path, out: Path, activations: str, keep_f
     """Write the INT8 Q/DQ twin of MODEL (an FP32 ONNX) from its calibration ranges."""
     import onnx
 
-    from edgeres.quantize import quantize_qdq
+    from edgeres.quantization import quantize_qdq
 
     outputs_safe({"MODEL": model, "--ranges": ranges_path}, {"--out": out})
     written = quantize_qdq(model, ranges_path, out=out, activations=activations, keep_fp32=list(keep_fp32),
@@ -361,7 +361,7 @@ def sensitivity(ctx: click.Context, model: Path, data: Path | None, images: int,
 # --- bench/check commands ---
 def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """click callback: "1s", "500ms", "2" -> seconds."""
-    from edgeres.bench import parse_duration
+    from edgeres.benchmarking import parse_duration
     from edgeres.errors import InputError
 
     if value is None:
@@ -401,7 +401,7 @@ def bench_cmd(ctx: click.Context, artifact: Path | None, server: str | None, mod
     --server URL: time the served model under concurrent clients (`edgeres bench --server URL --concurrency 1,4,16`)."""
     from click.core import ParameterSource
 
-    from edgeres.bench import bench as run_bench
+    from edgeres.benchmarking import bench as run_bench
     from edgeres.report import bench_markdown, bench_table, plot_bench, require_matplotlib, write_markdown
 
     if iterations is not None and ctx.get_parameter_source("duration") is ParameterSource.COMMANDLINE:
@@ -473,7 +473,7 @@ def check_cmd(ctx: click.Context, artifact: Path, baseline: Path, data: Path | N
 
     Exit status: 0 pass, 1 regression, 2 usage or input error, 3 inconclusive (latency too noisy to tell).
     """
-    from edgeres.check import GateInputError, Tolerances, check as run_check
+    from edgeres.checking import GateInputError, Tolerances, check as run_check
     from edgeres.junit import write_junit
     from edgeres.report import check_markdown, check_table, write_markdown
 
@@ -570,7 +570,7 @@ def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: 
           as_json: bool) -> None:
     """Build an engine/artifact from MODEL (an exported .onnx or a .pt checkpoint) and verify it against FP32."""
     from edgeres.backends import BatchProfile
-    from edgeres.build import build_artifact, build_table
+    from edgeres.building import build_artifact, build_table
 
     result = build_artifact(
         model, precision=precision, backend=backend, calib_dir=calib, calib_method=calib_method,
@@ -605,7 +605,7 @@ def infer(ctx: click.Context, artifact: Path, images: Path | None, server: str |
     """Classify every image under IMAGES with ARTIFACT (a built artifact or an exported ONNX), or with the model
     served at --server URL (`edgeres infer IMAGES --server URL`)."""
     from edgeres.errors import DataError, InputError
-    from edgeres.infer import infer_folder, predictions_table, summary_table
+    from edgeres.inference import infer_folder, predictions_table, summary_table
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise InputError(f"--out must end in .json or .csv, got {out}")
@@ -646,7 +646,7 @@ def infer(ctx: click.Context, artifact: Path, images: Path | None, server: str |
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as one JSON object.")
 def compare_results(results: tuple[Path, ...], as_json: bool) -> None:
     """Print the summaries of several `edgeres infer --out X.json` RESULTS side by side (accuracy, latency)."""
-    from edgeres.infer import compare_table, distinct_labels, load_summary
+    from edgeres.inference import compare_table, distinct_labels, load_summary
 
     summaries = {label: load_summary(path) for label, path in zip(distinct_labels(results), results)}
     if as_json:

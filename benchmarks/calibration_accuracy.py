@@ -25,19 +25,19 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeres.calibrate import calibrate  # noqa: E402
+from edgeres.calibrating import calibrate  # noqa: E402
 from edgeres.card import read_onnx_card  # noqa: E402
 from edgeres.data import load_batch, open_dataset  # noqa: E402
 from edgeres.digits import write_digits  # noqa: E402
-from edgeres.quantize import quantize_qdq, to_fp16  # noqa: E402
+from edgeres.quantization import quantize_qdq, to_fp16  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 def prepare(work: Path, epochs: int) -> tuple[Path, Path]:
     """The digits folder and a trained, exported ResNet-20 (built once under ``work``)."""
-    from edgeres.export import export_onnx
-    from edgeres.train import TrainConfig, train
+    from edgeres.exporting import export_onnx
+    from edgeres.training import TrainConfig, train
 
     data, ckpt, onnx_path = work / "digits", work / "resnet20.pt", work / "resnet20.onnx"
     if not (data / "train").is_dir():

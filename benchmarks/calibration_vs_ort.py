@@ -72,8 +72,8 @@ def worker(kind: str, method: str, extra: dict, model: str, paths_file: str, out
         for x in iter_batches(paths, read_onnx_card(model).preprocess, batch_size=batch):
             session.run(None, {name: x})
     elif kind == "ours":
-        from edgeres.calibrate import calibrate
-        from edgeres.quantize import quantize_qdq
+        from edgeres.calibrating import calibrate
+        from edgeres.quantization import quantize_qdq
 
         # the same images, through the public API: a folder whose calibration.txt lists them
         listing = Path(out).with_suffix(".images")
@@ -175,7 +175,7 @@ def main() -> None:
 
     import numpy as np
 
-    from edgeres.calibrate import select_images
+    from edgeres.calibrating import select_images
     from edgeres.card import read_onnx_card
     from edgeres.data import load_batch, open_dataset
 

@@ -132,7 +132,7 @@ def main() -> None:
     from edgeres.backends import BatchProfile
     from edgeres.backends.onnxruntime import physical_cores
     from edgeres.data import list_images, load_image
-    from edgeres.infer import infer_folder
+    from edgeres.inference import infer_folder
 
     onnx_path = make_model_onnx("resnet18", args.work)
     folder = make_jpegs(args.work / "jpegs", args.images)

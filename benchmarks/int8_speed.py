@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration import Ranges, make_collector  # noqa: E402
 from edgeres.io import sha256_file  # noqa: E402
 from edgeres.observe import observe  # noqa: E402
-from edgeres.quantize import quantize_qdq  # noqa: E402
+from edgeres.quantization import quantize_qdq  # noqa: E402
 from infer_pipeline import make_model_onnx  # noqa: E402
 
 

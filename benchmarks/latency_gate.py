@@ -85,7 +85,7 @@ def side_by_side_ratio(fast: Path, slow: Path, calls: int = 400) -> tuple[float,
     """Latency ratio slow/fast at batch 1 (medians of calls alternating one by one), and whether their outputs
     are equal."""
     from edgeres import backends
-    from edgeres.bench import input_batch
+    from edgeres.benchmarking import input_batch
 
     with backends.open(fast, spinning=False) as a, backends.open(slow, spinning=False) as b:
         x = input_batch(a.card, 1)

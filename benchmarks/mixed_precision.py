@@ -2,7 +2,7 @@
 
 Trains ResNet-20 on the built-in digits set (once; shared with calibration_accuracy.py under --work), then makes
 a *damaged* twin: one Conv-ReLU-Conv chain's channel scaled up by --factor in the first Conv and down in the
-second (:func:`edgeres.quantize.equalize.imbalance`): FP32 computes the same function, but one activation channel
+second (:func:`edgeres.quantization.equalize.imbalance`): FP32 computes the same function, but one activation channel
 now dwarfs the others and ruins that tensor's per-tensor INT8 scale. For the ordinary and the damaged model it
 prints, side by side:
 
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration_accuracy import prepare  # noqa: E402
 
-from edgeres.calibrate import calibrate  # noqa: E402
-from edgeres.quantize import fold_batchnorm, quantize_model, quantize_qdq  # noqa: E402
-from edgeres.quantize.equalize import imbalance  # noqa: E402
+from edgeres.calibrating import calibrate  # noqa: E402
+from edgeres.quantization import fold_batchnorm, quantize_model, quantize_qdq  # noqa: E402
+from edgeres.quantization.equalize import imbalance  # noqa: E402
 from edgeres.sensitivity import fit_budget, labelled_images, measure_sensitivity, quantizable_layers  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """INT8 vs FP32 vs FP16 throughput of edgeres's ONNX Runtime artifacts: ResNet-18 and ResNet-50, batch 1 and 8.
 
-Each artifact is built through ``edgeres.build.build_artifact`` (INT8: minmax ranges from 32 of the benchmark
+Each artifact is built through ``edgeres.building.build_artifact`` (INT8: minmax ranges from 32 of the benchmark
 JPEGs, the u8 fast CPU form), then timed on the same random batch with precisions interleaved call by call, so
 machine noise hits all alike. Few iterations (a 2-core machine): read the ratios, not the absolute times.
 
@@ -36,7 +36,7 @@ def main() -> None:
 
     from edgeres import backends
     from edgeres.backends import BatchProfile
-    from edgeres.build import build_artifact
+    from edgeres.building import build_artifact
 
     calib = make_jpegs(args.work / "jpegs", 512)
     plan = [tuple(int(v) for v in item.split(":")) for item in args.calls.split(",")]

@@ -45,7 +45,7 @@ def edgeres_command() -> list[str]:
 
 def prepare_digits() -> float:
     """Write the built-in digits set to its cache (once); seconds taken (0 when it was already there)."""
-    from edgeres.train import resolve_dataset
+    from edgeres.training import resolve_dataset
 
     begin = time.perf_counter()
     resolve_dataset("digits")

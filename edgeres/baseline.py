@@ -4,7 +4,7 @@ A baseline holds the artifact's identity (hashes, backend), its environment (dev
 measurements (accuracy on a named dataset, every per-trial latency sample). Format 2 adds, beside the latency
 trials, the machine-speed probe timed in the same rounds (its recipe per batch size and its samples) and the
 machine's state during the trials (load average, busy and steal fractions, CPU); format 1 files still load, and
-their latency is judged without load normalisation. :mod:`edgeres.check` compares with one
+their latency is judged without load normalisation. :mod:`edgeres.checking` compares with one
 only when it was recorded for the same artifact, model, device and dataset::
 
     base = load_baseline("baseline.json")
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeres.bench import ArtifactInfo
+from edgeres.benchmarking import ArtifactInfo
 from edgeres.environment import Environment
 from edgeres.errors import GateInputError
 from edgeres.io import sha256_file, write_json_atomic

@@ -45,7 +45,7 @@ import numpy as np
 
 from edgeres.backends.base import Runner
 from edgeres.baseline import Baseline, find_baseline_artifact
-from edgeres.bench import ArtifactInfo, input_batch, time_calls
+from edgeres.benchmarking import ArtifactInfo, input_batch, time_calls
 from edgeres.errors import GateInputError
 from edgeres.probe import ProbeSpec, calibrate_probe, cpu_fractions, machine_state, open_probe
 from edgeres.stats import (
@@ -143,7 +143,7 @@ def _time_group(targets: list[tuple[Any, np.ndarray]], *, duration_s: float | No
                 transfers: bool) -> list[list[float]]:
     """Per-call latencies (ms) of each target, calling them in turn (order flipped every round) until
     ``iterations`` rounds, or ``duration_s`` and at least :data:`TRIAL_MIN_ITERATIONS` rounds, have passed."""
-    from edgeres import bench
+    from edgeres import benchmarking as bench
 
     clock = bench._clock  # the timing loops' clock, looked up now (tests swap in a virtual one)
     out: list[list[float]] = [[] for _ in targets]

@@ -1,6 +1,6 @@
 """Run an FP32 ONNX model on calibration batches and feed the tensors that need scales to a collector.
 
-Only the tensors a Q/DQ model will quantize are observed (:func:`edgeres.quantize.tensors_to_observe`): they
+Only the tensors a Q/DQ model will quantize are observed (:func:`edgeres.quantization.tensors_to_observe`): they
 become extra graph outputs of the BatchNorm-folded model, ONNX Runtime runs it on a few images at a time, and
 each run's values go to the collector, which reduces them in its own thread while the next run goes on; memory
 holds about three runs of intermediates, never all images' at once. The next batch of images is decoded in a
@@ -58,11 +58,11 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None, *,
         model: a BatchNorm-folded ``onnx.ModelProto`` (not modified), or the path of an FP32 ONNX file, which is
             loaded and folded here so that no copy of its weights outlives the session's own (the lowest peak
             memory: for ResNet-50 the Python-side copies would otherwise exceed the session).
-        tensors: the tensors to observe; default :func:`edgeres.quantize.tensors_to_observe`.
+        tensors: the tensors to observe; default :func:`edgeres.quantization.tensors_to_observe`.
         heavy_collector: the collector costs about as much per value as the run (histograms): for small
             inputs ONNX Runtime then leaves it half the cores (:data:`SMALL_INPUT_PIXELS`).
         equalize: a model given as a path is also range-equalised after folding
-            (:func:`edgeres.quantize.equalize.equalize`), as the Q/DQ writer will do.
+            (:func:`edgeres.quantization.equalize.equalize`), as the Q/DQ writer will do.
 
     Raises:
         ModelError: an unreadable model, or a tensor that is not in it.
@@ -70,7 +70,7 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None, *,
     import onnxruntime as ort
 
     from edgeres.environment import cpu_count
-    from edgeres.quantize import fold_batchnorm, tensors_to_observe
+    from edgeres.quantization import fold_batchnorm, tensors_to_observe
 
     if isinstance(model, (str, os.PathLike)):
         import onnx
@@ -82,7 +82,7 @@ def observing_session(model: Any, tensors: Sequence[str] | None = None, *,
         model = fold_batchnorm(loaded, inplace=True)
         del loaded
         if equalize:
-            from edgeres.quantize.equalize import equalize as equalize_graph
+            from edgeres.quantization.equalize import equalize as equalize_graph
 
             equalize_graph(model)
     names = list(tensors) if tensors is not None else tensors_to_observe(model)
@@ -127,7 +127,7 @@ def observe(model: Any, batches: Iterable[Mapping[str, np.ndarray]], collector: 
             leanest in memory), see :func:`observing_session`.
         batches: an iterable of ``{input name: array}`` batches (a calibration data reader).
         collector: anything with ``observe(name, ndarray)``, e.g. ``calibration.collectors.make_collector(...)``.
-        tensors: the tensors to observe; default :func:`edgeres.quantize.tensors_to_observe`.
+        tensors: the tensors to observe; default :func:`edgeres.quantization.tensors_to_observe`.
         total: the number of images, for the progress bar.
         quiet: no progress bar.
         desc: the progress bar's label.

@@ -1,7 +1,7 @@
 """Calibration ranges as edgeres uses them: loaded for one model (refused for another), with the numpy-only
 ``calibration`` package's errors turned into edgeres's one-line input errors.
 
-It sits below both its users, :mod:`edgeres.calibrate` (which writes ranges) and :mod:`edgeres.quantize` (which
+It sits below both its users, :mod:`edgeres.calibrating` (which writes ranges) and :mod:`edgeres.quantization` (which
 applies them), so neither has to import the other.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-layer INT8 sensitivity, and the greedy search that keeps an accuracy budget by leaving layers in float.
 
-Every variant is the very Q/DQ model the build would make (:func:`edgeres.quantize.quantize_model`, the ``s8``
+Every variant is the very Q/DQ model the build would make (:func:`edgeres.quantization.quantize_model`, the ``s8``
 TensorRT form), built from one set of calibration ranges and run on ONNX Runtime with graph optimisations off, so
 Q/DQ execute as written (no integer kernels, no u8×s8 saturation): the execution whose accuracy predicts a
 TensorRT engine. For each quantizable layer (a Conv/Gemm/MatMul with constant weights) two variants are measured
@@ -166,9 +166,9 @@ def labelled_images(onnx_path: str | os.PathLike[str], *, data: str | os.PathLik
 
 def quantizable_layers(model: Any, *, equalize: bool = False) -> list[Layer]:
     """The layers the ``s8`` Q/DQ form quantizes, in graph order (``model`` is not modified)."""
-    from edgeres.quantize import fold_batchnorm, placement
-    from edgeres.quantize.equalize import equalize as equalize_graph
-    from edgeres.quantize.graph import GraphIndex, data_inputs
+    from edgeres.quantization import fold_batchnorm, placement
+    from edgeres.quantization.equalize import equalize as equalize_graph
+    from edgeres.quantization.graph import GraphIndex, data_inputs
 
     folded = fold_batchnorm(model)
     if equalize:
@@ -233,7 +233,7 @@ class _Evaluator:
 
     def variant(self, keep_fp32: Sequence[str]) -> tuple[float, float]:
         """(top-1 drop in pp, mean |Δlogit|) of the Q/DQ model with ``keep_fp32`` left in float."""
-        from edgeres.quantize import quantize_model
+        from edgeres.quantization import quantize_model
 
         qmodel = quantize_model(self.source, self.amax, keep_fp32=keep_fp32, equalize=self.equalize)
         logits = self.run(qmodel.SerializeToString())
@@ -333,7 +333,7 @@ def run_sensitivity(model_path: str | os.PathLike[str], *, data: str | os.PathLi
                     calib_images: int = 512, equalize: bool = False, quiet: bool = False) -> SensitivityReport:
     """What ``edgeres sensitivity`` does: one calibration pass, then :func:`measure_sensitivity` on held-out
     labelled images (:func:`labelled_images`)."""
-    from edgeres.calibrate import DEFAULT_BATCH, calibrate
+    from edgeres.calibrating import DEFAULT_BATCH, calibrate
 
     x, y, where = labelled_images(model_path, data=data, limit=images)
     ranges = calibrate(model_path, data=calib, method=method, images=calib_images,

@@ -1,8 +1,8 @@
 """The degradation study: He et al. (2016), Fig. 6 and Table 6, on your own data, plus what INT8 does to each net.
 
-Plain and residual CIFAR-family networks of each depth are trained with one recipe and seed (:func:`edgeres.train`),
-then exported (:func:`edgeres.export.export_onnx`), built for ONNX Runtime at FP32 and INT8 with entropy
-calibration (:func:`edgeres.build.build_artifact`), scored on the validation split, timed at batch 1, and probed
+Plain and residual CIFAR-family networks of each depth are trained with one recipe and seed (:func:`edgeres.training`),
+then exported (:func:`edgeres.exporting.export_onnx`), built for ONNX Runtime at FP32 and INT8 with entropy
+calibration (:func:`edgeres.building.build_artifact`), scored on the validation split, timed at batch 1, and probed
 for their most INT8-sensitive layer (:func:`edgeres.sensitivity.measure_sensitivity`). Nothing here trains or
 quantizes on its own: it orchestrates those steps and writes, into one folder::
 
@@ -106,7 +106,7 @@ def run_study(data: str | Path, *, out: str | Path, config: StudyConfig | None =
     Raises:
         InputError: a bad depth, an unusable ``out``, a dataset that cannot be opened.
     """
-    from edgeres.train import resolve_dataset
+    from edgeres.training import resolve_dataset
 
     cfg = config or StudyConfig()
     cfg.depths = parse_depths(cfg.depths)
@@ -179,7 +179,7 @@ def _train_network(data: str | Path, checkpoint: Path, name: str, cfg: StudyConf
     """Train ``name`` into ``checkpoint``, resuming a partial one; False when it had already finished."""
     import torch
 
-    from edgeres.train import TrainConfig, train
+    from edgeres.training import TrainConfig, train
 
     options = {"shortcut": cfg.shortcut.upper()} if name.startswith("resnet") else {}
     tc = TrainConfig(arch=name, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
@@ -202,10 +202,10 @@ def measure_network(checkpoint: Path, *, name: str, config: StudyConfig, quiet: 
     import torch
 
     from edgeres.backends import open as open_runner
-    from edgeres.build import build_artifact
-    from edgeres.export import export_onnx
+    from edgeres.building import build_artifact
+    from edgeres.exporting import export_onnx
     from edgeres.sensitivity import labelled_images, measure_sensitivity
-    from edgeres.train import load_checkpoint
+    from edgeres.training import load_checkpoint
 
     model, card = load_checkpoint(checkpoint)
     history = torch.load(checkpoint, map_location="cpu", weights_only=False)["history"]
@@ -243,7 +243,7 @@ def measure_network(checkpoint: Path, *, name: str, config: StudyConfig, quiet: 
 def _score_and_time(artifact: Path, images: np.ndarray, labels: np.ndarray, *, seconds: float,
                     threads: int | None, open_runner: Callable[..., Any]) -> tuple[float, float]:
     """(top-1 % on the labelled images, median ms per batch-1 call) of one built artifact."""
-    from edgeres.bench import time_calls
+    from edgeres.benchmarking import time_calls
     from edgeres.timing import summarize
 
     with open_runner(artifact, **({"threads": threads} if threads else {})) as runner:

@@ -80,7 +80,7 @@ TINY_TRAIN_CONFIG = dict(arch="resnet20", epochs=4, batch_size=8, lr=0.05, seed=
 @pytest.fixture(scope="session")
 def tiny_checkpoint(digits_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ResNet-20 trained briefly on :func:`digits_slice` (an edgeres checkpoint with its card). Read-only."""
-    from edgeres.train import TrainConfig, train
+    from edgeres.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-model") / "model.pt"
     with torch_threads_kept():
@@ -91,7 +91,7 @@ def tiny_checkpoint(digits_slice: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def tiny_export(tiny_checkpoint: Path):
     """The ``ExportResult`` of :func:`tiny_checkpoint` exported to ONNX (dynamic batch, opset 17, parity checked)."""
-    from edgeres.export import export_onnx
+    from edgeres.exporting import export_onnx
 
     return export_onnx(tiny_checkpoint, out=tiny_checkpoint.with_suffix(".onnx"), quiet=True)
 

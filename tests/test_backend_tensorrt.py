@@ -62,7 +62,7 @@ def fp32_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def qdq_onnx(fp32_onnx: Path) -> Path:
-    from edgeres.quantize import quantize_model, tensors_to_observe
+    from edgeres.quantization import quantize_model, tensors_to_observe
 
     model = onnx.load(str(fp32_onnx))
     amax = {name: 4.0 for name in tensors_to_observe(model)}
@@ -102,7 +102,7 @@ def _build(src: Path, tmp_path: Path, card: ModelCard, precision: Precision, **k
 
 def _cache(tmp_path: Path, fp32_onnx: Path, trt_version: str, algorithm: str = "EntropyCalibration2") -> Path:
     from calibration import trt_cache
-    from edgeres.quantize import tensors_to_observe
+    from edgeres.quantization import tensors_to_observe
 
     amax = {name: 2.0 + i / 10 for i, name in enumerate(tensors_to_observe(onnx.load(str(fp32_onnx))))}
     amax.setdefault("input", 3.0)
@@ -115,7 +115,7 @@ def _carded_with_ranges(fp32_onnx: Path, tmp_path: Path, card: ModelCard):
     """The tiny ONNX with its card (what `edgeres build` starts from) and fixed ranges for it."""
     from calibration.ranges import Ranges
     from edgeres.card import attach_card_to_onnx
-    from edgeres.quantize import tensors_to_observe
+    from edgeres.quantization import tensors_to_observe
 
     model = onnx.load(str(fp32_onnx))
     attach_card_to_onnx(model, card)
@@ -197,7 +197,7 @@ def test_fp16(double, fp32_onnx: Path, tmp_path: Path, card) -> None:
     out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP16)
     header = _engine_header(out)
     if double.version == "11.4.0":
-        # 11.x: no precision flags exist; the network itself is FP16 (from edgeres.quantize.to_fp16)
+        # 11.x: no precision flags exist; the network itself is FP16 (from edgeres.quantization.to_fp16)
         assert not set(header["builder_flags"]) & {"FP16", "INT8"}
         assert header["strongly_typed"] and sidecar.options["layer_precisions"] == {"Half": header["layers"].__len__()}
         assert sidecar.fingerprint["sources"]["network_onnx_sha256"] != sha256_file(fp32_onnx)
@@ -213,7 +213,7 @@ def test_fp16(double, fp32_onnx: Path, tmp_path: Path, card) -> None:
 def test_int8_explicit_qdq(double, qdq_onnx: Path, tmp_path: Path, card, high_precision: str) -> None:
     """The unquantized layers run in FP16 by default on every era (8.x: the FP16 flag; 10.x/11.x strongly typed:
     an FP16-typed Q/DQ network), in FP32 on request."""
-    from edgeres.quantize import to_fp16
+    from edgeres.quantization import to_fp16
 
     out, sidecar = _build(qdq_onnx, tmp_path, card, Precision.INT8, high_precision=high_precision)
     header = _engine_header(out)
@@ -667,7 +667,7 @@ def test_dla_needs_a_static_batch_and_its_core_is_set_at_load(monkeypatch, fp32_
 
 
 def test_u8_qdq_is_refused_before_tensorrt_parses_it(double, fp32_onnx, tmp_path, card) -> None:
-    from edgeres.quantize import quantize_model, tensors_to_observe
+    from edgeres.quantization import quantize_model, tensors_to_observe
 
     model = onnx.load(str(fp32_onnx))
     u8 = quantize_model(model, {name: 4.0 for name in tensors_to_observe(model)}, activations="u8")

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from edgeres.backends.base import BatchProfile, StageTimes
-from edgeres.bench import (
+from edgeres.benchmarking import (
     BenchResult, bench, describe_artifact, load_result, parse_batches, parse_duration, time_calls, time_preprocess,
 )
 from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
@@ -113,10 +113,10 @@ class SleepRunner:
 
 @pytest.fixture
 def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
-    import edgeres.bench
+    import edgeres.benchmarking
 
     clock = VirtualClock()
-    monkeypatch.setattr(edgeres.bench, "_clock", clock)
+    monkeypatch.setattr(edgeres.benchmarking, "_clock", clock)
     return clock
 
 
@@ -277,7 +277,7 @@ def test_built_artifact_is_described_by_its_sidecar(model: Path, tmp_path: Path)
 
 
 def test_environment_names_the_gpu_when_ort_runs_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeres.bench import ArtifactInfo, runner_environment
+    from edgeres.benchmarking import ArtifactInfo, runner_environment
 
     (tmp_path / "nvidia-smi").write_text('#!/bin/sh\necho "NVIDIA H100 80GB HBM3"\n')
     (tmp_path / "nvidia-smi").chmod(0o755)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import export_tiny, tiny_resnet20
 from edgeres.backends import BatchProfile, sidecar_path
-from edgeres.build import build_artifact, build_table
+from edgeres.building import build_artifact, build_table
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import InputError
 
@@ -139,7 +139,7 @@ def test_int8_build_calibrates_then_reuses_only_matching_ranges(world: dict[str,
 
 def test_int8_reuses_calibrate_output_beside_the_model_only_with_the_same_options(world: dict[str, Path],
                                                                                     tmp_path: Path) -> None:
-    from edgeres.calibrate import calibrate
+    from edgeres.calibrating import calibrate
 
     model = tmp_path / "m.onnx"
     model.write_bytes(world["plain"].read_bytes())

@@ -13,12 +13,12 @@ from PIL import Image
 from calibration import Ranges, trt_cache
 from cli import cli
 from conftest import export_tiny, tiny_resnet20
-from edgeres.calibrate import calibrate
+from edgeres.calibrating import calibrate
 from edgeres.ranges import load_ranges_for
 from edgeres.card import ModelCard, Preprocess, card_from_onnx
 from edgeres.errors import DataError, InputError
 from edgeres.io import sha256_file
-from edgeres.quantize import fold_batchnorm, tensors_to_observe
+from edgeres.quantization import fold_batchnorm, tensors_to_observe
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]
@@ -164,7 +164,7 @@ def test_cli_calibrate_then_quantize(setup, tmp_path):
 
 def test_cli_calibrate_refuses_a_bad_trt_version_before_calibrating(setup, tmp_path, monkeypatch):
     _, model, train = setup
-    import edgeres.calibrate as calibrate_mod
+    import edgeres.calibrating as calibrate_mod
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("calibration ran before --trt-version was checked")

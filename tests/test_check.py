@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeres.card import ModelCard, Preprocess
-from edgeres.check import BaselineMismatch, GateInputError, Tolerances, check, load_baseline
+from edgeres.checking import BaselineMismatch, GateInputError, Tolerances, check, load_baseline
 from edgeres.stats import Verdict
 from test_bench import (  # noqa: F401 - virtual_clock is a fixture
     CLASSES, WORSE_W, SleepRunner, VirtualClock, colour_images, colour_model, virtual_clock,

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from cli import cli
 from conftest import copy_digits_slice
-from edgeres import export as export_mod
+from edgeres import exporting as export_mod
 from edgeres.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")

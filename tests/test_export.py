@@ -1,4 +1,4 @@
-"""Tests of edgeres.export: a tiny trained ResNet-20 exported to ONNX, checked independently with ONNX Runtime."""
+"""Tests of edgeres.exporting: a tiny trained ResNet-20 exported to ONNX, checked independently with ONNX Runtime."""
 from __future__ import annotations
 
 import shutil
@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgeres import export as export_mod
+from edgeres import exporting as export_mod
 from edgeres import models
 from edgeres.card import ModelCard, Preprocess, read_onnx_card
 from edgeres.data import list_images, load_batch
 from edgeres.errors import InputError, ModelError, ParityError
-from edgeres.export import export_onnx, parity_inputs
-from edgeres.train import load_checkpoint
+from edgeres.exporting import export_onnx, parity_inputs
+from edgeres.training import load_checkpoint
 
 
 @pytest.fixture(autouse=True)

@@ -99,7 +99,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     import torch
     from torch import nn
 
-    from edgeres.quantize import quantize_model, tensors_to_observe
+    from edgeres.quantization import quantize_model, tensors_to_observe
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
@@ -159,7 +159,7 @@ def test_real_implicit_int8_from_cache_or_refusal(tiny, tmp_path: Path) -> None:
     import onnx
 
     fp32, _ = tiny
-    from edgeres.quantize import tensors_to_observe
+    from edgeres.quantization import tensors_to_observe
 
     amax = {n: 4.0 for n in tensors_to_observe(onnx.load(str(fp32)))}
     amax.setdefault("input", 4.0)

@@ -15,7 +15,7 @@ from edgeres import backends
 from edgeres.backends import BatchProfile
 from edgeres.data import load_image
 from edgeres.errors import DataError, InputError
-from edgeres.infer import InferResult, infer_folder, predictions_table, softmax, summary_table
+from edgeres.inference import InferResult, infer_folder, predictions_table, softmax, summary_table
 
 CLASSES = TINY_CLASSES
 

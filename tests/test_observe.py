@@ -10,7 +10,7 @@ from calibration import make_collector
 from conftest import export_tiny, tiny_resnet20
 from edgeres.errors import InputError, ModelError
 from edgeres.observe import observe, observing_session
-from edgeres.quantize import fold_batchnorm, tensors_to_observe
+from edgeres.quantization import fold_batchnorm, tensors_to_observe
 
 SIZE = 16
 

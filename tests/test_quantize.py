@@ -13,10 +13,10 @@ from onnx import numpy_helper
 from conftest import export_tiny, tiny_resnet20
 from edgeres.card import ModelCard, Preprocess, card_from_onnx
 from edgeres.errors import InputError
-from edgeres.quantize import (
+from edgeres.quantization import (
     QUANT_METADATA_KEY, fold_batchnorm, quantize_model, quantize_qdq, tensors_to_observe, to_fp16,
 )
-from edgeres.quantize.graph import GraphIndex, residual_adds
+from edgeres.quantization.graph import GraphIndex, residual_adds
 
 SIZE = 16
 
@@ -228,7 +228,7 @@ def _conv_softmax(opset: int) -> onnx.ModelProto:
 
 
 def test_to_fp16_runs_softmax_in_fp32(images):
-    from edgeres.quantize import convert_fp16
+    from edgeres.quantization import convert_fp16
 
     model = _conv_softmax(17)
     half = convert_fp16(model)
@@ -266,7 +266,7 @@ def test_to_fp16_leaves_integer_inputs_alone_and_shares_initializers(images):
     converted one: the axes stay int64, the shared weight is FP16 for the converted op and cast for the kept one."""
     from onnx import TensorProto, helper
 
-    from edgeres.quantize import convert_fp16
+    from edgeres.quantization import convert_fp16
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w")
@@ -293,7 +293,7 @@ def test_to_fp16_leaves_integer_inputs_alone_and_shares_initializers(images):
 def test_qdq_model_to_fp16_keeps_the_int8_grid(fp32, images):
     """The non-INT8 part of a Q/DQ model in FP16 (what strongly typed TensorRT gets): opset 19, FP16 scales,
     INT8 weights untouched; on ONNX Runtime it predicts the same classes as the FP32-rest Q/DQ model."""
-    from edgeres.quantize import convert_fp16
+    from edgeres.quantization import convert_fp16
 
     model = onnx.load(str(fp32))
     qdq = quantize_model(model, _minmax(model, images))

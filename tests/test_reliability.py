@@ -17,7 +17,7 @@ from PIL import Image
 from cli import cli
 from conftest import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
 from edgeres.backends import BatchProfile, sidecar_path
-from edgeres.build import build_artifact
+from edgeres.building import build_artifact
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import BackendError, GateInputError, InputError, ModelError, WriteError
 
@@ -406,7 +406,7 @@ def test_shipped_files_carry_no_absolute_paths_and_still_find_their_data(digits_
 def test_the_calibration_set_hash_does_not_depend_on_how_the_path_is_spelled(built: dict[str, Path],
                                                                              images: Path, tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeres.calibrate import calibrate
+    from edgeres.calibrating import calibrate
 
     project = tmp_path / "digits"
     shutil.copytree(images, project / "data" / "train")
@@ -439,9 +439,9 @@ def test_env_says_which_tensorrt_is_imported_and_from_where(tmp_path: Path) -> N
 
 
 def test_quantized_and_fp16_copies_written_elsewhere_still_find_the_dataset(images: Path, tmp_path: Path) -> None:
-    from edgeres.calibrate import calibrate
+    from edgeres.calibrating import calibrate
     from edgeres.card import card_for_file, read_onnx_card
-    from edgeres.quantize import quantize_qdq, to_fp16
+    from edgeres.quantization import quantize_qdq, to_fp16
 
     data = tmp_path / "data"
     shutil.copytree(images, data / "train")

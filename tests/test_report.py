@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeres.bench import ArtifactInfo, BatchResult, BenchResult, PreprocessTiming
-from edgeres.check import Baseline, CheckResult, Row
+from edgeres.benchmarking import ArtifactInfo, BatchResult, BenchResult, PreprocessTiming
+from edgeres.checking import Baseline, CheckResult, Row
 from edgeres.environment import Environment
 from edgeres.report import MissingExtra, bench_markdown, bench_table, check_markdown, check_table, plot_bench
 from edgeres.stats import Verdict

@@ -184,7 +184,7 @@ def test_every_broken_ranges_file_is_one_error(world: dict[str, Path], tmp_path:
 
 def test_every_broken_results_file_is_one_error(world: dict[str, Path], tmp_path: Path) -> None:
     from edgeres.errors import InputError
-    from edgeres.infer import compare_table, load_summary
+    from edgeres.inference import compare_table, load_summary
 
     good = json.loads((world["root"] / "results.json").read_text())
     path = tmp_path / "results.json"

@@ -11,8 +11,8 @@ import pytest
 from edgeres.card import read_onnx_card
 from edgeres.data import load_batch, open_dataset
 from edgeres.errors import InputError
-from edgeres.quantize import fold_batchnorm, quantize_model
-from edgeres.quantize.equalize import equalizable_pairs, equalize, imbalance
+from edgeres.quantization import fold_batchnorm, quantize_model
+from edgeres.quantization.equalize import equalizable_pairs, equalize, imbalance
 from edgeres.sensitivity import check_layer_names, fit_budget, measure_sensitivity, quantizable_layers
 
 FACTOR = 1000.0
@@ -59,7 +59,7 @@ def report(damaged, damaged_ranges, labelled):
 
 
 def _ranges(path: Path, equalize_graph: bool = False):
-    from edgeres.calibrate import calibrate
+    from edgeres.calibrating import calibrate
 
     return calibrate(path, method="minmax", images=20, batch_size=10, quiet=True, equalize=equalize_graph)
 
@@ -143,7 +143,7 @@ def test_budget_and_layer_names_are_checked(damaged, damaged_ranges, labelled) -
 
 def test_a_budget_missed_with_every_layer_in_float_is_one_line(damaged, damaged_ranges, labelled) -> None:
     """When what the budget cannot give back (residual Adds) alone breaks accuracy, say so and what to do."""
-    from edgeres.quantize.graph import GraphIndex, residual_adds
+    from edgeres.quantization.graph import GraphIndex, residual_adds
 
     x, y = labelled
     path, victim = damaged
@@ -211,7 +211,7 @@ def test_cli_build_with_a_budget_records_what_it_kept_in_float(damaged, digits_s
 
 
 def test_the_budget_row_fails_a_drop_beyond_the_budget() -> None:
-    from edgeres.check import Verdict, _budget_row
+    from edgeres.checking import Verdict, _budget_row
 
     now = {"top1": 90.0, "reference": {"top1": 92.0},
            "budget": {"max_drop_pp": 1.0, "measured_top1_drop_pp": 0.4, "high_precision_layers": ["a"]}}

@@ -30,7 +30,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ranges(tiny: Path):
     from PIL import Image
 
-    from edgeres.calibrate import calibrate
+    from edgeres.calibrating import calibrate
 
     folder = tiny.parent / "calib"
     folder.mkdir()

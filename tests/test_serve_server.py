@@ -161,7 +161,7 @@ def test_a_body_that_is_not_json_is_refused_and_the_server_keeps_serving(server:
 
 def test_image_model_answers_top_k_like_local_preprocessing(server: TritonServer, local, tmp_path: Path) -> None:
     from edgeres.data import load_image
-    from edgeres.infer import softmax
+    from edgeres.inference import softmax
 
     client = TritonClient(server.http_url)
     for seed in range(3):

@@ -31,7 +31,7 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def finished(digits_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The study interrupted in ResNet-8's second epoch, then resumed to the end by ``edgeres study degradation``."""
-    import edgeres.train as train_mod
+    import edgeres.training as train_mod
     from conftest import torch_threads_kept
 
     out = tmp_path_factory.mktemp("study") / "deg"
@@ -81,7 +81,7 @@ def test_resume_keeps_finished_network_and_continues_the_interrupted_one(finishe
 
 def test_table_figures(finished: dict[str, Any], digits_slice: Path) -> None:
     from edgeres.sensitivity import labelled_images, quantizable_layers
-    from edgeres.train import load_checkpoint
+    from edgeres.training import load_checkpoint
 
     import onnx
 

@@ -1,4 +1,4 @@
-"""Tests of edgeres.train on real digits scans: learning, bit-for-bit resume, the checkpoint's card, atomic writes."""
+"""Tests of edgeres.training on real digits scans: learning, bit-for-bit resume, the checkpoint's card, atomic writes."""
 from __future__ import annotations
 
 import math
@@ -12,12 +12,12 @@ import torch
 
 import edgeres
 from conftest import TINY_TRAIN_CONFIG, copy_digits_slice
-from edgeres import train as train_mod
+from edgeres import training as train_mod
 from edgeres.card import ModelCard, card_from_file
 from edgeres.data import list_images, load_batch
 from edgeres.digits import digits_preprocess
 from edgeres.errors import EdgeresError, InputError, ModelError
-from edgeres.train import TrainConfig, load_checkpoint, resolve_dataset, train
+from edgeres.training import TrainConfig, load_checkpoint, resolve_dataset, train
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
@@ -156,7 +156,7 @@ def test_splits_too_big_for_memory_stream_from_disk_with_identical_results(
         return real_load_batch(paths, pre)
 
     monkeypatch.setattr(train_mod, "load_batch", counting_load_batch)
-    with caplog.at_level("INFO", logger="edgeres.train"):
+    with caplog.at_level("INFO", logger="edgeres.training"):
         streamed = train(small_slice, out=tmp_path / "streamed.pt", config=QUICK, quiet=True)
     assert "decoding them batch by batch" in caplog.text
     # every batch was decoded on demand (50 train images in batches of 8, 30 val images in one, per epoch)

@@ -156,14 +156,14 @@ def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, so
     int8: dict[str, Any] = {}
     if precision is Precision.INT8:
         if int8_mode == "explicit":
-            from edgeres.quantize import quantize_qdq
+            from edgeres.quantization import quantize_qdq
 
             # the signed Q/DQ model TensorRT gets is kept beside the engine: its CPU accuracy predicts the engine's
             onnx_for_trt = out.with_name(out.stem + ".qdq.onnx")
             if options.get("high_precision", "fp16") == "fp16" and trt.qdq_builds_strongly_typed():
                 import tempfile
 
-                from edgeres.quantize import to_fp16
+                from edgeres.quantization import to_fp16
 
                 # strongly typed TensorRT takes the unquantized part's precision from the ONNX: the kept Q/DQ
                 # model is exactly what TensorRT parses, so its CPU accuracy still predicts the engine's

@@ -1,9 +1,9 @@
 """ONNX Runtime backend: builds FP32 / FP16 / INT8 ONNX artifacts and runs them on the CPU (CUDA EP when present).
 
 * ``fp32`` — the exported ONNX, graph-optimised offline (ORT's *extended* level, portable across CPUs).
-* ``fp16`` — :func:`edgeres.quantize.to_fp16`'s model (FP32 I/O, sensitive ops kept FP32). ORT's CPU kernels
+* ``fp16`` — :func:`edgeres.quantization.to_fp16`'s model (FP32 I/O, sensitive ops kept FP32). ORT's CPU kernels
   mostly lack FP16, so expect it to be *slower* than FP32 here; the build reports the measured ratio.
-* ``int8`` — :func:`edgeres.quantize.quantize_qdq` with unsigned activations (zero point 128: the same grid as
+* ``int8`` — :func:`edgeres.quantization.quantize_qdq` with unsigned activations (zero point 128: the same grid as
   TensorRT's signed symmetric INT8), the form ORT's AVX2 kernels run fastest (see ``../shared/TENSORRT.md``).
 """
 from __future__ import annotations
@@ -179,11 +179,11 @@ def build(onnx_path: str | Path, *, precision: Precision | str, out: str | Path,
         if precision is Precision.FP32:
             _optimise(src, staging, card)
         elif precision is Precision.FP16:
-            from edgeres.quantize import to_fp16
+            from edgeres.quantization import to_fp16
 
             to_fp16(src, staging)
         else:
-            from edgeres.quantize import quantize_qdq
+            from edgeres.quantization import quantize_qdq
 
             quantize_qdq(src, ranges, out=staging, activations="u8", keep_fp32=list(keep_fp32))
             int8 = {"mode": "explicit", "activations": "u8", **(int8_provenance or {})}

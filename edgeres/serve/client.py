@@ -353,7 +353,7 @@ def bench_server(url: str, *, model: str | None = None, concurrency: str | Seque
         requests: total requests per level instead of a duration.
         warmup_s: untimed load before each level.
     """
-    from edgeres.bench import input_batch
+    from edgeres.benchmarking import input_batch
     from edgeres.timing import summarize, throughput
 
     levels = parse_concurrency(concurrency)

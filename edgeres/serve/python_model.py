@@ -140,7 +140,7 @@ class ImageModel(_Model):
         return np.stack([decode_bytes(row.tobytes(), self.card.preprocess) for row in rows])
 
     def _outputs(self, logits: np.ndarray) -> np.ndarray:
-        from edgeres.infer import softmax
+        from edgeres.inference import softmax
 
         return softmax(logits.astype(np.float64))
 

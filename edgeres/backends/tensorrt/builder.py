@@ -37,7 +37,7 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
     """Build a TensorRT engine from ONNX and write it with its sidecar, atomically.
 
     Args:
-        onnx_path: the FP32 ONNX, or for ``int8_mode="explicit"`` the Q/DQ ONNX from :mod:`edgeres.quantize`.
+        onnx_path: the FP32 ONNX, or for ``int8_mode="explicit"`` the Q/DQ ONNX from :mod:`edgeres.quantization`.
         out: the engine file to write (its sidecar goes to ``<out>.json``).
         precision: fp32; fp16 (a precision flag on 8.x/10.x, an FP16-typed ONNX on 11.x); int8.
         card: the model card the sidecar carries.
@@ -53,7 +53,7 @@ def build_engine(onnx_path: Path, *, out: Path, precision: Precision, card: Mode
         version_compatible: build an engine later TensorRT versions can run (see :func:`runtime_can_load`).
         high_precision: int8 only: the precision of the layers left unquantized, "fp16" (NVIDIA's quantizer's
             default) or "fp32". 8.x/10.x weakly typed: the FP16 builder flag; strongly typed (Q/DQ on 10.x, all of
-            11.x): a Q/DQ ONNX whose float part is FP16 (:func:`edgeres.quantize.convert_fp16`).
+            11.x): a Q/DQ ONNX whose float part is FP16 (:func:`edgeres.quantization.convert_fp16`).
         keep_float_layers: int8: layers (ONNX node names) the Q/DQ ONNX leaves without Q/DQ. Strongly typed
             networks keep them in float by their types; weakly typed ones (8.x, implicit INT8 on 10.x) get a
             precision constraint (``ILayer.precision`` + ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``).

@@ -69,7 +69,7 @@ def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat:
     del model
     if (precision is Precision.INT8 and has_qdq and high_precision == "fp16" and qdq_builds_strongly_typed(feat)
             and not fp16_qdq):
-        from edgeres.quantize import to_fp16
+        from edgeres.quantization import to_fp16
 
         return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx")), has_qdq
     if precision is Precision.INT8 and int8_mode == "explicit" and not has_qdq:
@@ -83,7 +83,7 @@ def _network_source(onnx_path: Path, precision: Precision, int8_mode: str, feat:
             raise ModelError(f"{onnx_path} is already a Q/DQ ONNX; --int8-mode implicit needs the FP32 ONNX")
     if precision is Precision.FP16 and feat.always_strongly_typed:
         # 11.x: no FP16 flag; the network's types decide, so feed an FP16-typed ONNX (FP32 I/O)
-        from edgeres.quantize import to_fp16
+        from edgeres.quantization import to_fp16
 
         return to_fp16(onnx_path, tmp / (onnx_path.stem + ".fp16.onnx")), has_qdq
     return onnx_path, has_qdq

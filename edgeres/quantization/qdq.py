@@ -1,7 +1,7 @@
 """FP32 ONNX + ranges → explicit INT8 (Q/DQ) ONNX.
 
 Weights become INT8 initializers behind a DequantizeLinear (per output channel, symmetric, zero point 0);
-activations get QuantizeLinear → DequantizeLinear pairs where :mod:`edgeres.quantize.graph` places them, with
+activations get QuantizeLinear → DequantizeLinear pairs where :mod:`edgeres.quantization.graph` places them, with
 scale ``amax / 127``. The ``s8`` form is what TensorRT builds; the ``u8`` form holds the same grid in uint8
 (zero point 128, or 0 on ReLU outputs) and runs fast on ONNX Runtime's CPU kernels.
 
@@ -22,8 +22,8 @@ import numpy as np
 
 from edgeres.errors import InputError, ModelError
 from edgeres.io import dumps_json
-from edgeres.quantize.fold import fold_batchnorm
-from edgeres.quantize.graph import Activations, GraphIndex, Placement, placement
+from edgeres.quantization.fold import fold_batchnorm
+from edgeres.quantization.graph import Activations, GraphIndex, Placement, placement
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def quantize_qdq(onnx_path: str | os.PathLike[str], ranges: Any, *, out: str | o
         force: replace an existing ``out``.
 
     Ranges calibrated with cross-layer range equalisation (``ranges.options["equalize"]``) are applied to the
-    equalised graph (:func:`edgeres.quantize.equalize.equalize`, deterministic), which is what they describe.
+    equalised graph (:func:`edgeres.quantization.equalize.equalize`, deterministic), which is what they describe.
 
     Returns:
         ``out`` as a Path.
@@ -96,7 +96,7 @@ def quantize_model(model: Any, amax: Mapping[str, float], *, activations: Activa
                          "re-export it (edgeres export uses 17)")
     folded = fold_batchnorm(model, inplace=inplace)
     if equalize:
-        from edgeres.quantize.equalize import equalize as equalize_graph
+        from edgeres.quantization.equalize import equalize as equalize_graph
 
         equalize_graph(folded)
     place = placement(folded, activations, keep_fp32=keep_fp32)

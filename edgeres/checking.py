@@ -27,7 +27,7 @@ from edgeres.baseline import (  # Baseline, BASELINE_FORMAT, BaselineMismatch, l
     BASELINE_FORMAT, Baseline, BaselineMismatch, baseline_artifact, load_baseline, match_accuracy_inputs,
     match_identity, save_baseline,
 )
-from edgeres.bench import ArtifactInfo, describe_artifact, parse_batches, runner_environment, split_by_profile
+from edgeres.benchmarking import ArtifactInfo, describe_artifact, parse_batches, runner_environment, split_by_profile
 from edgeres.errors import GateInputError  # re-exported
 from edgeres.io import sha256_file
 from edgeres.latency_gate import (  # measure_latency: re-exported
@@ -122,14 +122,14 @@ def _accuracy_batch(runner: Runner) -> int:
 def evaluate(artifact: str | Path, data: str | Path, *, batch: int = 8, reference: str | Path | None = None,
              reference_batch: int | None = None, threads: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Top-1/top-5 accuracy (percent) of ``artifact`` on a labelled folder ``data/<class>/*`` (its ``val/`` when it
-    holds ``train/`` and ``val/``), via :func:`edgeres.infer.infer_folder`; with a reference model, also the
+    holds ``train/`` and ``val/``), via :func:`edgeres.inference.infer_folder`; with a reference model, also the
     reference's top-1 and the top-1 agreement between the two.
 
     Raises:
         GateInputError: when no image is labelled with one of the model's classes.
         DataError: when an image cannot be decoded.
     """
-    from edgeres.infer import infer_folder
+    from edgeres.inference import infer_folder
 
     folder = _accuracy_folder(data)
     digest, count = _digest(folder)
@@ -301,7 +301,7 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
             by side whenever the baseline's artifact is on disk, unchanged, and is another file than ``artifact``
             (timing a file against itself tells nothing); else the stored samples, normalised by the probe.
         runner: an already open runner for ``artifact`` to time latency with (not closed here); accuracy always
-            runs ``artifact`` itself through :func:`edgeres.infer.infer_folder`.
+            runs ``artifact`` itself through :func:`edgeres.inference.infer_folder`.
         baseline_runner: with ``side_by_side``, an already open runner for the baseline's artifact.
         probe: time the machine-speed probe (:mod:`edgeres.probe`) beside the artifact, sized when the baseline
             is written and rebuilt from it at check time; False leaves it out (the verdict is then not

@@ -9,7 +9,7 @@ Two placements share one set of ranges:
   turns DQ→op→Q into QLinearConv / QLinearAdd / QGemm / QLinearGlobalAveragePool and drops Q/DQ around MaxPool
   and Flatten. A ReLU right after a quantized op is absorbed by quantizing the ReLU's output with zero point 0.
 
-The graph is expected BatchNorm-folded (:func:`edgeres.quantize.fold_batchnorm`), so tensor names are those of
+The graph is expected BatchNorm-folded (:func:`edgeres.quantization.fold_batchnorm`), so tensor names are those of
 the model that receives Q/DQ.
 """
 from __future__ import annotations
@@ -143,7 +143,7 @@ class Placement:
 
 
 def placement(model: Any, activations: Activations | str, *, keep_fp32: Iterable[str] = ()) -> Placement:
-    """Where the ``activations`` form of :func:`edgeres.quantize.quantize_qdq` puts Q/DQ pairs."""
+    """Where the ``activations`` form of :func:`edgeres.quantization.quantize_qdq` puts Q/DQ pairs."""
     activations = Activations(activations)
     index = GraphIndex.of(model.graph)
     kept = keep_matcher(model.graph, keep_fp32)

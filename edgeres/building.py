@@ -194,12 +194,12 @@ def _onnx_for(model_path: Path, *, out_dir: Path, force: bool, quiet: bool) -> t
     _check_model_path(model_path)
     if model_path.suffix.lower() == ".onnx":
         return model_path, False
-    from edgeres.export import export_onnx
+    from edgeres.exporting import export_onnx
 
     onnx_path = out_dir / f"{model_path.stem}.onnx"
     if onnx_path.exists() and not force:
         # decided by content, never by file time: `cp -p`, rsync and git keep or fake time stamps
-        from edgeres.export import checkpoint_sha256_of
+        from edgeres.exporting import checkpoint_sha256_of
         from edgeres.io import sha256_file
 
         recorded = checkpoint_sha256_of(_load_onnx(onnx_path))
@@ -277,7 +277,7 @@ def calibration_images(onnx_path: Path, card: ModelCard, *, calib_dir: str | os.
     Raises:
         InputError: no calibration set is given or recorded; the message says how to pass one.
     """
-    from edgeres.calibrate import select_images
+    from edgeres.calibrating import select_images
 
     try:
         return select_images(onnx_path, card, data=calib_dir, images=images, batch_size=1, seed=CALIB_SEED,
@@ -307,7 +307,7 @@ def _reusable(path: Path, *, model_sha: str, method: str, images: int, manifest:
               "preprocess": card.preprocess.to_dict(), "options": dict(make_collector(method).options)}
     have = {"model_sha256": ranges.model_sha256, "method": ranges.method, "num_images": ranges.num_images,
             "manifest_sha256": ranges.manifest_sha256, "preprocess": ranges.preprocess,
-            # the collector's own options (bins, percentile); edgeres.calibrate may record more beside them
+            # the collector's own options (bins, percentile); edgeres.calibrating may record more beside them
             "options": {k: ranges.options.get(k) for k in wanted["options"]}}
     stale = [k for k in wanted if _norm(have[k]) != _norm(wanted[k])]
     if stale:
@@ -370,7 +370,7 @@ def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str
     from calibration import content_hash, parse_method
     from calibration.errors import CalibrationError
 
-    from edgeres.calibrate import DEFAULT_BATCH, calibrate
+    from edgeres.calibrating import DEFAULT_BATCH, calibrate
     from edgeres.io import sha256_file
 
     try:

@@ -70,7 +70,7 @@ class ExportResult:
 def load_for_export(checkpoint: str | Path, *, arch: str | None = None,
                     num_classes: int | None = None) -> tuple[torch.nn.Module, ModelCard]:
     """Load an edgeres checkpoint, or a bare (e.g. torchvision) state dict when ``arch`` is given."""
-    from edgeres.train import load_checkpoint
+    from edgeres.training import load_checkpoint
 
     checkpoint = Path(checkpoint)
     if arch is None:
