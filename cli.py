@@ -93,15 +93,7 @@ def quiet_flag(ctx: click.Context) -> bool:
     return bool(ctx.obj and ctx.obj.get("quiet"))
 
 
-def outputs_safe(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    """Before any work: no output is one of the command's inputs (or another output), and every output's folder
-    can be written. ``inputs``/``outputs`` map option names to paths (None: not given)."""
-    from edgeres.io import check_writable, refuse_overwriting_inputs
-
-    refuse_overwriting_inputs(inputs, outputs)
-    for name, path in outputs.items():
-        if path is not None:
-            check_writable(path, what=name)
+from edgeres.io import outputs_safe  # noqa: E402 - commands still calling it here move to edgeres.api
 
 
 def artifact_inputs(artifact: Path) -> dict[str, Path]:

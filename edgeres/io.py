@@ -236,6 +236,20 @@ def refuse_overwriting_inputs(inputs: dict[str, Any], outputs: dict[str, Any]) -
                                  "other: give them different names")
 
 
+def outputs_safe(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Before any work: no output is one of the command's inputs (or another output), and every output's folder
+    can be written. ``inputs``/``outputs`` map option names (as the CLI spells them) to paths (None: not given).
+
+    Raises:
+        InputError: an output would overwrite an input or another output.
+        WriteError: an output's folder cannot be written.
+    """
+    refuse_overwriting_inputs(inputs, outputs)
+    for name, path in outputs.items():
+        if path is not None:
+            check_writable(path, what=name)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.resolve() == b.resolve():
         return True
