@@ -46,6 +46,13 @@ class Algorithm(str, Enum):
     LEGACY = "LegacyCalibration"
 
 
+def algorithm_for(method: str) -> Algorithm:
+    """The calibrator TensorRT runs for an implicit-INT8 build from ranges of ``method``, i.e. the algorithm its
+    cache header must name: MinMaxCalibration for ``minmax``, EntropyCalibration2 for everything else (TensorRT has
+    no percentile or MSE calibrator; their ranges ride in an EntropyCalibration2 cache)."""
+    return Algorithm.MINMAX if str(getattr(method, "value", method)) == "minmax" else Algorithm.ENTROPY2
+
+
 class CacheHeader(NamedTuple):
     """A parsed cache header."""
 

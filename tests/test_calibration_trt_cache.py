@@ -126,3 +126,13 @@ def test_windows_line_endings_are_read(tmp_path):
     header, scales = trt_cache.read(path)
     assert header == "TRT-8502-EntropyCalibration2"
     assert scales["data"] == struct.unpack(">f", bytes.fromhex("3c008912"))[0]
+
+
+def test_algorithm_for_names_the_calibrator_tensorrt_runs_for_each_method():
+    from calibration import Method
+    from calibration.trt_cache import Algorithm, algorithm_for
+
+    named = {m.value: algorithm_for(m) for m in Method}
+    assert named.pop("minmax") is Algorithm.MINMAX
+    assert set(named.values()) == {Algorithm.ENTROPY2}  # entropy, percentile, mse: no calibrator of their own
+    assert algorithm_for("minmax") is algorithm_for(Method.MINMAX)

@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 _ORT_OPTIONS = {"threads", "spinning", "providers"}
-# calibration method -> the TensorRT calibrator whose cache header an implicit build must carry
-_TRT_ALGORITHM = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 
 
 def _tensorrt() -> ModuleType:
@@ -178,7 +176,7 @@ def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, so
         elif int8_mode == "implicit":
             from calibration import trt_cache
 
-            algorithm = _TRT_ALGORITHM.get(getattr(ranges, "method", ""), "EntropyCalibration2")
+            algorithm = trt_cache.algorithm_for(getattr(ranges, "method", ""))
             cache = out.with_name(out.stem + ".cache")
             trt_cache.write(cache, ranges, trt_version=trt.trt_version(), algorithm=algorithm)
             int8 = {"mode": "implicit", "cache": cache.name, "cache_sha256": sha256_file(cache),
