@@ -375,6 +375,8 @@ def _duration_option(ctx: click.Context, param: click.Parameter, value: str | No
                    "With --server: one size, images per request [1].")
 @click.option("--warmup", default="1s", show_default=True, callback=_duration_option,
               help="Untimed calls before each batch size (1s, 500ms, 2).")
+@click.option("--server", metavar="URL", help="Gate the model `edgeres serve` serves at URL instead of ARTIFACT.")
+@click.option("--model", help="With --server: the served model [the only edgeres model there].")
 @click.option("--duration", default="5s", show_default=True, callback=_duration_option,
               help="Timed wall time per batch size.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Timed calls per batch size, instead of --duration.")
@@ -421,7 +423,7 @@ def bench_cmd(ctx: click.Context, artifact: Path | None, server: str | None, mod
 
 
 @cli.command("check")
-@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
 @click.option("--baseline", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Baseline JSON to compare with (or to write with --update-baseline).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -453,47 +455,34 @@ def bench_cmd(ctx: click.Context, artifact: Path | None, server: str | None, mod
 @click.option("--threads", type=click.IntRange(min=1), help="Backend worker threads [physical cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON instead of a table.")
 @click.pass_context
-def check_cmd(ctx: click.Context, artifact: Path, baseline: Path, data: Path | None, reference: Path | None,
-              update_baseline: bool, allow_mismatch: bool, junit: Path | None, report: Path | None,
-              tol_accuracy_pp: float, tol_reference: float, tol_latency: float, no_latency: bool,
-              side_by_side: bool | None, batches: str | None, trials: int, trial_duration: float, threads: int | None,
-              as_json: bool) -> None:
-    """Gate ARTIFACT against a baseline: accuracy and latency, each PASS / FAIL / INCONCLUSIVE.
+def check_cmd(ctx: click.Context, artifact: Path | None, baseline: Path, server: str | None, model: str | None,
+              data: Path | None, reference: Path | None, update_baseline: bool, allow_mismatch: bool,
+              junit: Path | None, report: Path | None, tol_accuracy_pp: float, tol_reference: float,
+              tol_latency: float, no_latency: bool, side_by_side: bool | None, batches: str | None, trials: int,
+              trial_duration: float, threads: int | None, as_json: bool) -> None:
+    """Gate ARTIFACT (or the model served at --server URL) against a baseline: accuracy and latency, each
+    PASS / FAIL / INCONCLUSIVE.
 
     Latency is judged relative to a machine-speed probe timed beside ARTIFACT in both runs (or side by side with
-    the baseline's artifact), so a busier machine gives INCONCLUSIVE, not FAIL; each row says why.
+    the baseline's artifact), so a busier machine gives INCONCLUSIVE, not FAIL; each row says why. A served
+    model's latency is the client's time per request, compared with the stored samples (not load-normalised).
 
     Exit status: 0 pass, 1 regression, 2 usage or input error, 3 inconclusive (latency too noisy to tell).
     """
-    from edgeres.checking import GateInputError, Tolerances, check as run_check
-    from edgeres.junit import write_junit
-    from edgeres.report import check_markdown, check_table, write_markdown
+    from edgeres.checking import LatencyPlan, Tolerances, check as run_check
+    from edgeres.report import check_table
 
-    if trial_duration <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--trial-duration")
-    outputs_safe({**artifact_inputs(artifact), "--reference": reference, "--data": data,
-                  "--baseline": None if update_baseline else baseline},
-                 {"--junit": junit, "--report": report, "--baseline": baseline if update_baseline else None})
-    try:
-        tolerances = Tolerances(accuracy_pp=tol_accuracy_pp, reference_ratio=tol_reference,
-                                latency_median=tol_latency, latency_p99=tol_latency)
-        result = run_check(artifact, baseline=baseline, data=data, reference=reference, tolerances=tolerances,
-                           update_baseline=update_baseline, allow_mismatch=allow_mismatch, latency=not no_latency,
-                           batches=batches, trials=trials, trial_duration_s=trial_duration, threads=threads,
-                           side_by_side=side_by_side, quiet=quiet_flag(ctx))
-    except EdgeresError as exc:
-        if exc.exit_code == 2 or (ctx.obj and ctx.obj.get("debug")):
-            raise
-        raise GateInputError(str(exc)) from exc  # any error that stops the gate is exit 2, never "regression"
+    tolerances = Tolerances(accuracy_pp=tol_accuracy_pp, reference_ratio=tol_reference, latency_median=tol_latency,
+                            latency_p99=tol_latency)
+    plan = LatencyPlan(batches=batches, trials=trials, trial_duration_s=trial_duration)
+    result = run_check(artifact, baseline=baseline, server=server, model=model, data=data, reference=reference,
+                       tolerances=tolerances, update_baseline=update_baseline, allow_mismatch=allow_mismatch,
+                       latency=not no_latency, plan=plan, threads=threads, side_by_side=side_by_side,
+                       junit=junit, report=report, quiet=quiet_flag(ctx))
     if as_json:
         echo_json(result.to_dict())
     else:
         click.echo(check_table(result))
-    if junit is not None:
-        write_junit(junit, result.rows, properties={"artifact": str(artifact), "baseline": str(baseline),
-                                                    "verdict": result.verdict.value})
-    if report is not None:
-        write_markdown(report, check_markdown(result))
     ctx.exit(result.exit_code)
 # --- end bench/check commands ---
 

@@ -1,4 +1,4 @@
-"""The regression gate: measure an artifact again and compare it with a stored baseline.
+"""The regression gate: measure an artifact (or a served model) again and compare it with a stored baseline.
 
 Accuracy (top-1/top-5 on a labelled folder, and, given the FP32 reference model, MLPerf's rule that the artifact
 keeps at least 99 % of the reference's top-1) is deterministic, so it is compared directly. Latency is noisy and the
@@ -6,16 +6,29 @@ machine may be busier than on the baseline's day, so it is measured in trials th
 probe, or with the baseline's artifact itself when it is still on disk (side by side, the default then), and
 judged by :mod:`edgeres.latency_gate`: FAIL only when a regression stands out of both the noise and the machine's
 change of speed, PASS only when the artifact is within tolerance beyond both, else INCONCLUSIVE with the reason.
+How latency is timed (batch sizes, trials, their length) is one :class:`LatencyPlan`, recorded in the baseline.
 
-Exit codes (:attr:`CheckResult.exit_code`): 0 pass, 1 regression, 2 usage/input error, 3 inconclusive::
+A model served by ``edgeres serve`` is gated the same way (``check(server=URL, model=NAME, ...)``): accuracy runs
+the same labelled images through the server (the same rows); its identity is the served artifact's sha256 and
+source model as the served repository recorded them, with backend ``triton/<backend>`` and the server's host as
+the device, so a baseline of another model, or of the artifact run locally, is refused without
+``allow_mismatch``. Its latency is the client's wall time per request (one in flight), compared with the stored
+samples and NOT load-normalised: the machine-speed probe would time the client's machine, not the server's, and
+side by side needs the baseline's artifact here. A served FAIL therefore says "answers slower from this client
+than at baseline", which may be the model, the server or the network; compare runs made from the same client.
+
+Exit codes (:attr:`CheckResult.exit_code`, and :attr:`GateInputError.exit_code` for a gate that cannot run):
+0 pass, 1 regression, 2 usage/input error, 3 inconclusive::
 
     result = check("m.int8.onnx", baseline="baseline.json", data="digits/val", update_baseline=True)
-    result = check("m.int8.onnx", baseline="baseline.json")
+    result = check("m.int8.onnx", baseline="baseline.json", junit="junit.xml", report="check.md")
+    result = check(server="http://127.0.0.1:8000", model="m_int8", baseline="served.json")
     print(edgeres.report.check_table(result)); sys.exit(result.exit_code)
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -28,15 +41,17 @@ from edgeres.baseline import (  # Baseline, BASELINE_FORMAT, BaselineMismatch, l
     match_identity, save_baseline,
 )
 from edgeres.benchmarking import ArtifactInfo, describe_artifact, parse_batches, runner_environment, split_by_profile
-from edgeres.errors import GateInputError  # re-exported
-from edgeres.io import sha256_file
-from edgeres.latency_gate import (  # measure_latency: re-exported
-    Judgement, choose_side_by_side, gate_probes, judge_latency, latency_notes, measure_latency, spec_record,
-    spinning_for,
+from edgeres.environment import Environment, collect
+from edgeres.errors import EdgeresError, GateInputError  # GateInputError: re-exported
+from edgeres.io import check_writable, refuse_overwriting_inputs, sha256_file
+from edgeres.latency_gate import (  # LatencyPlan, measure_latency: re-exported
+    OLD_BASELINE, SERVED, Judgement, LatencyPlan, choose_side_by_side, gate_probes, judge_latency, latency_notes,
+    measure_latency, spec_record, spinning_for,
 )
 from edgeres.probe import ProbeSpec
 from edgeres.provenance import check_reference
 from edgeres.stats import Verdict, pooled_statistic
+from edgeres.verdict import CheckResult, Row  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -57,38 +72,6 @@ class Tolerances:
                 raise GateInputError(f"tolerance {name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.reference_ratio <= 1:
             raise GateInputError(f"reference ratio must be in (0, 1], got {self.reference_ratio}")
-
-
-@dataclass
-class Row:
-    """One line of the verdict table."""
-
-    metric: str
-    baseline: float | None
-    now: float | None
-    unit: str  # "%" or "ms"
-    change_text: str
-    tolerance_text: str
-    verdict: Verdict
-    message: str = ""
-
-    def _fmt(self, value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.2f}%" if self.unit == "%" else f"{value:.3f} ms"
-
-    @property
-    def baseline_text(self) -> str:
-        return self._fmt(self.baseline)
-
-    @property
-    def now_text(self) -> str:
-        return self._fmt(self.now)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "baseline": self.baseline, "now": self.now, "unit": self.unit,
-                "change": self.change_text, "tolerance": self.tolerance_text, "verdict": self.verdict.value,
-                "message": self.message}
 
 
 # --- accuracy -------------------------------------------------------------------------------------------------
@@ -120,7 +103,8 @@ def _accuracy_batch(runner: Runner) -> int:
 
 
 def evaluate(artifact: str | Path, data: str | Path, *, batch: int = 8, reference: str | Path | None = None,
-             reference_batch: int | None = None, threads: int | None = None, quiet: bool = False) -> dict[str, Any]:
+             reference_batch: int | None = None, threads: int | None = None, quiet: bool = False,
+             runner: Runner | None = None) -> dict[str, Any]:
     """Top-1/top-5 accuracy (percent) of ``artifact`` on a labelled folder ``data/<class>/*`` (its ``val/`` when it
     holds ``train/`` and ``val/``), via :func:`edgeres.inference.infer_folder`; with a reference model, also the
     reference's top-1 and the top-1 agreement between the two.
@@ -129,11 +113,13 @@ def evaluate(artifact: str | Path, data: str | Path, *, batch: int = 8, referenc
         GateInputError: when no image is labelled with one of the model's classes.
         DataError: when an image cannot be decoded.
     """
+    from edgeres.comparison import count_matches
     from edgeres.inference import infer_folder
 
     folder = _accuracy_folder(data)
     digest, count = _digest(folder)
-    mine = infer_folder(artifact, folder, batch=batch, top_k=5, threads=threads, strict=True, quiet=quiet)
+    mine = infer_folder(artifact, folder, batch=batch, top_k=5, threads=threads, strict=True, quiet=quiet,
+                        runner=runner)  # runner: e.g. a served model's RemoteRunner (artifact is then its URL)
     acc = mine.summary.get("accuracy")
     if not acc or not acc.get("labelled"):
         raise GateInputError(f"{folder}: no image sits in a folder named after one of the model's classes; pass a "
@@ -148,52 +134,14 @@ def evaluate(artifact: str | Path, data: str | Path, *, batch: int = 8, referenc
                            strict=True, quiet=quiet)
         ref_acc = ref.summary.get("accuracy") or {}
         theirs = {p.path: p.topk[0][0] for p in ref.predictions}
-        same = [theirs.get(p.path) == p.topk[0][0] for p in mine.predictions]
+        same = count_matches([p.topk[0][0] for p in mine.predictions],
+                             [theirs.get(p.path) for p in mine.predictions])
         result["reference"] = {"top1": 100.0 * ref_acc.get("top1", 0.0)}
-        result["agreement"] = 100.0 * sum(same) / max(1, len(same))
+        result["agreement"] = 100.0 * same / len(mine.predictions)
     return result
 
 
 # --- the gate -------------------------------------------------------------------------------------------------
-
-@dataclass
-class CheckResult:
-    """The verdict table and what was measured now."""
-
-    artifact: ArtifactInfo
-    baseline_path: str
-    rows: list[Row]
-    notes: list[str]
-    measured: Baseline
-    updated: bool = False
-
-    @property
-    def verdict(self) -> Verdict:
-        verdicts = {r.verdict for r in self.rows}
-        if Verdict.FAIL in verdicts:
-            return Verdict.FAIL
-        if Verdict.INCONCLUSIVE in verdicts:
-            return Verdict.INCONCLUSIVE
-        return Verdict.PASS
-
-    @property
-    def exit_code(self) -> int:
-        return {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 3}[self.verdict]
-
-    @property
-    def verdict_text(self) -> str:
-        if self.updated:
-            return f"baseline written to {self.baseline_path}"
-        return {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL (regression)",
-                Verdict.INCONCLUSIVE: "INCONCLUSIVE (latency not told apart from the noise or the machine's change "
-                                      "of speed, see the notes; rerun on a quieter machine, with more --trials, or "
-                                      "side by side with the baseline's artifact)"}[self.verdict]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"artifact": self.artifact.to_dict(), "baseline": self.baseline_path, "verdict": self.verdict.value,
-                "exit_code": self.exit_code, "updated": self.updated, "rows": [r.to_dict() for r in self.rows],
-                "notes": self.notes}
-
 
 def _accuracy_rows(base: dict[str, Any], now: dict[str, Any], tol: Tolerances) -> list[Row]:
     rows = []
@@ -268,117 +216,186 @@ def _open(artifact: str | Path, threads: int | None, *, spinning: bool = True) -
     return backends.open(artifact, threads=threads, spinning=spinning)
 
 
-def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None = None,
-          reference: str | Path | None = None, tolerances: Tolerances = Tolerances(), update_baseline: bool = False,
-          allow_mismatch: bool = False, latency: bool = True, batches: Sequence[int] | str | None = None,
-          trials: int = 5, trial_duration_s: float | None = 0.5, trial_iterations: int | None = None,
-          warmup_s: float = 0.5, transfers: bool = True, threads: int | None = None, seed: int = 0,
-          side_by_side: bool | None = None, runner: Runner | None = None, baseline_runner: Runner | None = None,
-          probe: bool | Mapping[int, Any] = True, quiet: bool = False) -> CheckResult:
-    """Measure ``artifact`` and compare it with ``baseline`` (or write the baseline).
+# --- what is gated: an artifact file here, or a model served by Triton -------------------------------------------
 
-    Args:
-        artifact: the artifact to gate.
-        baseline: the baseline JSON.
-        data: a labelled folder ``<class>/<image>`` for accuracy; None = the baseline's folder, if it has one.
-        reference: the FP32 model for MLPerf's 99 % rule and top-1 agreement (needs ``data``).
-        tolerances: what still passes.
-        update_baseline: measure and (over)write the baseline instead of comparing.
-        allow_mismatch: compare with a baseline from another artifact, model or device (with a note) instead of
-            refusing it.
-        latency: False skips latency (accuracy only, fast).
-        batches: batch sizes for latency; None = the baseline's (for a new baseline: 1 and the profile's opt).
-        trials: alternating latency trials.
-        trial_duration_s: timed wall time per trial and batch size (or ``trial_iterations`` calls each).
-        trial_iterations: timed calls per trial and batch size, instead of a duration.
-        warmup_s: untimed calls before the trials.
-        transfers: False times the compute stage only.
-        threads: backend worker threads.
-        seed: seeds the bootstrap.
-        side_by_side: time the baseline's artifact (still on disk, unchanged) in alternating trials with
-            ``artifact`` and compare with those timings instead of the stored samples: machine drift between the
-            baseline's day and today cancels out. Accuracy still compares with the baseline. None (default): side
-            by side whenever the baseline's artifact is on disk, unchanged, and is another file than ``artifact``
-            (timing a file against itself tells nothing); else the stored samples, normalised by the probe.
-        runner: an already open runner for ``artifact`` to time latency with (not closed here); accuracy always
-            runs ``artifact`` itself through :func:`edgeres.inference.infer_folder`.
-        baseline_runner: with ``side_by_side``, an already open runner for the baseline's artifact.
-        probe: time the machine-speed probe (:mod:`edgeres.probe`) beside the artifact, sized when the baseline
-            is written and rebuilt from it at check time; False leaves it out (the verdict is then not
-            load-normalised); a mapping ``{batch: runner}`` supplies probe runners instead (tests).
-        quiet: no progress output.
+@dataclass
+class Subject:
+    """What the gate measures: an artifact opened here (``artifact`` set), or a model that ``edgeres serve``
+    serves (``server`` set; ``runner`` is then a :class:`edgeres.serve.client.RemoteRunner`)."""
 
-    Returns:
-        The verdict rows; :attr:`CheckResult.exit_code` is 0 pass, 1 regression, 3 inconclusive.
+    runner: Runner
+    info: ArtifactInfo
+    environment: Environment
+    artifact: Path | None = None
+    server: str | None = None
 
-    Raises:
-        GateInputError: (exit 2) a missing or unreadable baseline, a baseline from another artifact/model/device
-            without ``allow_mismatch``, a metric asked for that the baseline lacks, bad options.
-    """
-    if side_by_side and update_baseline:
-        raise GateInputError("--side-by-side compares with an existing baseline; it cannot be combined with "
-                             "--update-baseline")
-    base = None if update_baseline else load_baseline(baseline)
-    notes: list[str] = []
-    judgements: list[Judgement] = []
-    spinning = spinning_for(base)
-    with contextlib.ExitStack() as stack:
+    @property
+    def served(self) -> bool:
+        return self.artifact is None
+
+    @property
+    def label(self) -> str:
+        return str(self.artifact) if self.artifact is not None else self.info.path
+
+
+def open_subject(artifact: str | Path | None, *, server: str | None, model: str | None, runner: Runner | None,
+                 threads: int | None, spinning: bool, stack: contextlib.ExitStack) -> Subject:
+    """Open what is gated (entered on ``stack``, unless ``runner`` is given) and describe its identity."""
+    if (artifact is None) == (server is None):
+        raise GateInputError("give ARTIFACT or --server URL (with --model NAME when it serves several), not both"
+                             if artifact is not None else "nothing to check: give ARTIFACT or --server URL")
+    if artifact is not None:
+        if model is not None:
+            raise GateInputError("--model names a served model; it goes with --server URL, not with ARTIFACT")
         if runner is None:
             runner = stack.enter_context(_open(artifact, threads, spinning=spinning))
         info = describe_artifact(artifact, runner=runner)
-        now = Baseline(artifact=info, environment=runner_environment(runner, info))
-        if base is not None:
-            notes += match_identity(base, now, allow_mismatch=allow_mismatch, path=baseline)
-        data = _resolve_data(data, base, reference)
-        if data is not None:
-            reference = _resolve_reference(reference, base, notes)
-            if reference is not None:  # an unrelated model must never make the gate pass
-                notes += check_reference(artifact, reference, allow_mismatch=allow_mismatch)
-            now.accuracy = evaluate(artifact, data, batch=_accuracy_batch(runner), reference=reference,
-                                    threads=threads, quiet=quiet)
-            if reference is not None:
-                now.accuracy["reference"].update(path=str(Path(reference).resolve()), sha256=sha256_file(reference))
-                budget = _int8_budget(artifact)
-                if budget is not None:
-                    now.accuracy["budget"] = budget
-            if base is not None:
-                notes += match_accuracy_inputs(base, now, allow_mismatch=allow_mismatch)
-        if latency and (base is None or base.latency):
-            sizes = _latency_batches(batches, base, runner)
-            sbs, why = choose_side_by_side(side_by_side, base, info)
-            runners = [runner]
-            if sbs:
-                runners.append(baseline_runner or stack.enter_context(_open(baseline_artifact(base), threads,
-                                                                            spinning=spinning)))
-            probes = {} if sbs else gate_probes(probe, base, runner, sizes, artifact, stack, spinning)
-            measured = measure_latency(runners, batches=sizes, probes=probes, trials=trials,
-                                       trial_duration_s=trial_duration_s, trial_iterations=trial_iterations,
-                                       warmup_s=warmup_s, transfers=transfers, quiet=quiet)
-            now.latency = {"trials": {str(b): t for b, t in measured.runners[0].items()},
-                           "settings": {"trials": trials, "trial_duration_s": trial_duration_s,
-                                        "trial_iterations": trial_iterations, "transfers": transfers,
-                                        "spinning": spinning},
-                           "machine": measured.machine}
-            if measured.probe is not None:
-                now.latency["probe"] = {"specs": {str(b): spec_record(p) for b, p in probes.items()},
-                                        "trials": {str(b): t for b, t in measured.probe.items()}}
-            if base is not None:
-                notes += latency_notes(sbs, why, base, trials, measured.machine)
-                judgements = judge_latency(
-                    measured.runners[1] if sbs else base.latency_trials(), measured.runners[0],
-                    base_probe=None if sbs else base.probe_trials(), now_probe=measured.probe, side_by_side=sbs,
-                    tolerances={"median": tolerances.latency_median, "p99": tolerances.latency_p99},
-                    confidence=tolerances.confidence, seed=seed)
-        elif latency:
-            notes.append("the baseline has no latency; latency not compared (rewrite it without --no-latency)")
-    if now.accuracy is None and now.latency is None:
-        raise GateInputError("nothing to measure: pass --data DIR for accuracy, or leave out --no-latency"
-                             if base is None else "nothing to compare: the baseline holds only what --no-latency "
-                             "skips; leave it out, or rewrite the baseline with --data DIR")
-    if update_baseline:
-        save_baseline(now, baseline)
-        log.info("wrote baseline %s", baseline)
-        return CheckResult(info, str(baseline), _measured_rows(now), notes, now, updated=True)
+        return Subject(runner, info, runner_environment(runner, info), artifact=Path(artifact))
+    if runner is None:
+        from edgeres.serve.client import RemoteRunner
+
+        runner = stack.enter_context(RemoteRunner(server, model))
+    info, environment = served_identity(runner)
+    return Subject(runner, info, environment, server=server)
+
+
+def served_identity(runner: Any) -> tuple[ArtifactInfo, Environment]:
+    """The identity of a served model, from what ``edgeres serve`` recorded in its config (the artifact's and its
+    source model's sha256, backend, precision, card) and from the server (Triton's version, its host, the
+    instance kind). The backend is ``triton/<backend>``, so a baseline of the artifact run here is another
+    thing: its latency was not measured through a server.
+
+    Raises:
+        GateInputError: the served model records no artifact sha256 (a repository of an older edgeres).
+    """
+    if not runner.artifact_sha256:
+        raise GateInputError(f"model {runner.model!r} at {runner.client.url} records no artifact sha256 (served by "
+                             "an older edgeres), so a baseline cannot be matched with it; restart `edgeres serve`")
+    client = runner.client
+    url = f"http://{client.host}:{client.port}{client.prefix}/v2/models/{runner.model}"
+    info = ArtifactInfo(url, runner.artifact_sha256, runner.model_sha256 or runner.artifact_sha256, runner.backend,
+                        runner.precision, runner.card.arch)
+    meta = client.server_metadata()
+    kind = str(runner.instance_kind).removeprefix("KIND_").lower()
+    environment = collect(backend=runner.backend, backend_version=f"{meta.get('name', 'triton')} "
+                                                                  f"{meta.get('version', '?')}",
+                          gpu=False, artifact_sha256=info.sha256)
+    return info, dataclasses.replace(environment, device=f"Triton at {client.host} ({kind} instances)")
+
+
+def _served_reference(subject: Subject, reference: Path, *, allow_mismatch: bool) -> list[str]:
+    """Refuse a ``--reference`` that is not the FP32 model the served artifact was made from (by the source
+    sha256 the served model records), or note it with ``allow_mismatch``."""
+    from edgeres.provenance import source_sha256
+
+    ref_src, _ = source_sha256(reference)
+    if ref_src is None or ref_src == subject.info.model_sha256:
+        return []
+    problem = (f"--reference {reference} is not the model {subject.label} was built from (source sha256 "
+               f"{subject.info.model_sha256[:12]}…, reference {ref_src[:12]}…)")
+    if not allow_mismatch:
+        raise GateInputError(f"{problem}; pass the FP32 ONNX it was built from (or --allow-mismatch)")
+    return [f"reference mismatch allowed: {problem}"]
+
+
+# --- the gate, step by step -------------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """One run of the gate: what is gated, the stored baseline (None when writing one), what is measured now,
+    and the notes gathered on the way."""
+
+    subject: Subject
+    base: Baseline | None
+    now: Baseline
+    notes: list[str]
+    spinning: bool
+    stack: contextlib.ExitStack
+
+
+def _measure_accuracy(run: _Run, data: Path, reference: str | Path | None, *, allow_mismatch: bool,
+                      threads: int | None, quiet: bool) -> None:
+    """Accuracy on ``data`` (and the reference's rules) into ``run.now.accuracy``; the dataset matched with the
+    baseline's."""
+    subject, base = run.subject, run.base
+    reference = _resolve_reference(reference, base, run.notes)
+    if reference is not None:  # an unrelated model must never make the gate pass
+        run.notes += (_served_reference(subject, reference, allow_mismatch=allow_mismatch) if subject.served
+                      else check_reference(subject.artifact, reference, allow_mismatch=allow_mismatch))
+    run.now.accuracy = evaluate(subject.artifact or subject.server, data, batch=_accuracy_batch(subject.runner),
+                                reference=reference, threads=threads, quiet=quiet,
+                                runner=subject.runner if subject.served else None)
+    if reference is not None:
+        run.now.accuracy["reference"].update(path=str(Path(reference).resolve()), sha256=sha256_file(reference))
+        budget = None if subject.served else _int8_budget(subject.artifact)
+        if budget is not None:
+            run.now.accuracy["budget"] = budget
+    if base is not None:
+        run.notes += match_accuracy_inputs(base, run.now, allow_mismatch=allow_mismatch)
+
+
+def _latency_runners(run: _Run, plan: LatencyPlan, *, side_by_side: bool | None, baseline_runner: Runner | None,
+                     probe: bool | Mapping[int, Any], threads: int | None) -> tuple[list[Any], dict[int, Any],
+                                                                                    bool, str]:
+    """The runners to time (the subject's, then the baseline's artifact's when side by side), the probes, and
+    whether (and why) side by side."""
+    subject, base = run.subject, run.base
+    if subject.served:
+        if side_by_side:
+            raise GateInputError("--side-by-side times the baseline's artifact on this machine; a served model's "
+                                 "latency is compared with the stored samples (leave out --side-by-side)")
+        return [subject.runner], {}, False, ""
+    sbs, why = choose_side_by_side(side_by_side, base, subject.info)
+    runners: list[Any] = [subject.runner]
+    if sbs:
+        runners.append(baseline_runner or run.stack.enter_context(
+            _open(baseline_artifact(base), threads, spinning=run.spinning)))
+    probes = {} if sbs else gate_probes(probe, base, subject.runner, list(plan.batches or ()), subject.artifact,
+                                        run.stack, run.spinning)
+    return runners, probes, sbs, why
+
+
+def _measure_latency(run: _Run, plan: LatencyPlan, tolerances: Tolerances, *, side_by_side: bool | None,
+                     baseline_runner: Runner | None, probe: bool | Mapping[int, Any], threads: int | None,
+                     seed: int, quiet: bool) -> list[Judgement]:
+    """Latency trials into ``run.now.latency`` (with the plan they followed), judged against the baseline."""
+    base = run.base
+    plan = plan.with_batches(_latency_batches(plan.batches, base, run.subject.runner))
+    runners, probes, sbs, why = _latency_runners(run, plan, side_by_side=side_by_side,
+                                                 baseline_runner=baseline_runner, probe=probe, threads=threads)
+    measured = measure_latency(runners, plan, probes=probes, quiet=quiet)
+    run.now.latency = {"trials": {str(b): t for b, t in measured.runners[0].items()},
+                       "settings": {**plan.to_dict(), "spinning": run.spinning,
+                                    **({"served": True} if run.subject.served else {})},
+                       "machine": measured.machine}
+    if measured.probe is not None:
+        run.now.latency["probe"] = {"specs": {str(b): spec_record(p) for b, p in probes.items()},
+                                    "trials": {str(b): t for b, t in measured.probe.items()}}
+    if base is None:
+        return []
+    run.notes += latency_notes(sbs, why, base, plan.trials, measured.machine, served=run.subject.served)
+    run.notes += _plan_notes(plan, base)
+    return judge_latency(
+        measured.runners[1] if sbs else base.latency_trials(), measured.runners[0],
+        base_probe=None if sbs else base.probe_trials(), now_probe=measured.probe, side_by_side=sbs,
+        tolerances={"median": tolerances.latency_median, "p99": tolerances.latency_p99},
+        confidence=tolerances.confidence, seed=seed, unnormalised=SERVED if run.subject.served else OLD_BASELINE)
+
+
+def _plan_notes(plan: LatencyPlan, base: Baseline) -> list[str]:
+    """A note when the trials were planned differently from the baseline's (an older baseline records only
+    some settings: the others are compared with their defaults)."""
+    try:
+        recorded = LatencyPlan.from_dict((base.latency or {}).get("settings"))
+    except GateInputError:
+        return []
+    changed = plan.differences(recorded)
+    return [f"latency plan differs from the baseline's: {', '.join(changed)}"] if changed else []
+
+
+def _verdict(run: _Run, judgements: list[Judgement], tolerances: Tolerances, baseline: str | Path) -> CheckResult:
+    """The verdict rows, and the notes that say why a latency row failed or could not be judged."""
+    base, now, notes = run.base, run.now, run.notes
     rows: list[Row] = []
     if base is not None and base.accuracy and now.accuracy is not None:
         rows += _accuracy_rows(base.accuracy, now.accuracy, tolerances)
@@ -388,7 +405,145 @@ def check(artifact: str | Path, *, baseline: str | Path, data: str | Path | None
     untold = [j.metric for j in judgements if j.verdict is Verdict.INFO]
     if untold:
         notes.append(f"{', '.join(untold)}: {next(j.reason for j in judgements if j.verdict is Verdict.INFO)}")
-    return CheckResult(info, str(baseline), rows, notes, now)
+    return CheckResult(run.subject.info, str(baseline), rows, notes, now)
+
+
+def _gate(artifact: str | Path | None, baseline: str | Path, *, server: str | None, model: str | None,
+          data: str | Path | None, reference: str | Path | None, tolerances: Tolerances, update_baseline: bool,
+          allow_mismatch: bool, latency: bool, plan: LatencyPlan, threads: int | None, seed: int,
+          side_by_side: bool | None, runner: Runner | None, baseline_runner: Runner | None,
+          probe: bool | Mapping[int, Any], quiet: bool) -> CheckResult:
+    """Measure, then write the baseline or compare with it (see :func:`check`)."""
+    if side_by_side and update_baseline:
+        raise GateInputError("--side-by-side compares with an existing baseline; it cannot be combined with "
+                             "--update-baseline")
+    base = None if update_baseline else load_baseline(baseline)
+    judgements: list[Judgement] = []
+    with contextlib.ExitStack() as stack:
+        spinning = spinning_for(base)
+        subject = open_subject(artifact, server=server, model=model, runner=runner, threads=threads,
+                               spinning=spinning, stack=stack)
+        run = _Run(subject, base, Baseline(artifact=subject.info, environment=subject.environment), [], spinning,
+                   stack)
+        if base is not None:
+            run.notes += match_identity(base, run.now, allow_mismatch=allow_mismatch, path=baseline)
+        data = _resolve_data(data, base, reference)
+        if data is not None:
+            _measure_accuracy(run, data, reference, allow_mismatch=allow_mismatch, threads=threads, quiet=quiet)
+        if latency and (base is None or base.latency):
+            judgements = _measure_latency(run, plan, tolerances, side_by_side=side_by_side,
+                                          baseline_runner=baseline_runner, probe=probe, threads=threads, seed=seed,
+                                          quiet=quiet)
+        elif latency:
+            run.notes.append("the baseline has no latency; latency not compared (rewrite it without --no-latency)")
+    if run.now.accuracy is None and run.now.latency is None:
+        raise GateInputError("nothing to measure: pass --data DIR for accuracy, or leave out --no-latency"
+                             if base is None else "nothing to compare: the baseline holds only what --no-latency "
+                             "skips; leave it out, or rewrite the baseline with --data DIR")
+    if update_baseline:
+        save_baseline(run.now, baseline)
+        log.info("wrote baseline %s", baseline)
+        return CheckResult(subject.info, str(baseline), _measured_rows(run.now), run.notes, run.now, updated=True)
+    return _verdict(run, judgements, tolerances, baseline)
+
+
+def _refuse_unsafe_outputs(artifact: str | Path | None, baseline: str | Path, *, data: str | Path | None,
+                           reference: str | Path | None, update_baseline: bool, junit: str | Path | None,
+                           report: str | Path | None) -> None:
+    """Before any work: no output (JUnit, report, a baseline being written) is an input or another output, and
+    each output's folder can be written."""
+    from edgeres.backends.base import sidecar_path
+
+    inputs = {"ARTIFACT": artifact, "ARTIFACT's sidecar": sidecar_path(Path(artifact)) if artifact else None,
+              "--reference": reference, "--data": data, "--baseline": None if update_baseline else baseline}
+    outputs = {"--junit": junit, "--report": report, "--baseline": baseline if update_baseline else None}
+    refuse_overwriting_inputs(inputs, outputs)
+    for name, path in outputs.items():
+        if path is not None:
+            check_writable(path, what=name)
+
+
+def write_reports(result: CheckResult, *, junit: str | Path | None = None, report: str | Path | None = None,
+                  label: str | None = None) -> None:
+    """Write the verdict as JUnit XML (one test case per row, for CI) and/or as Markdown (for a pull request)."""
+    from edgeres.junit import write_junit
+    from edgeres.report import check_markdown, write_markdown
+
+    if junit is not None:
+        write_junit(junit, result.rows, properties={"artifact": label or result.artifact.path,
+                                                    "baseline": result.baseline_path,
+                                                    "verdict": result.verdict.value})
+    if report is not None:
+        write_markdown(report, check_markdown(result))
+
+
+def check(artifact: str | Path | None = None, *, baseline: str | Path, server: str | None = None,
+          model: str | None = None, data: str | Path | None = None, reference: str | Path | None = None,
+          tolerances: Tolerances = Tolerances(), update_baseline: bool = False, allow_mismatch: bool = False,
+          latency: bool = True, plan: LatencyPlan = LatencyPlan(), threads: int | None = None, seed: int = 0,
+          side_by_side: bool | None = None, runner: Runner | None = None, baseline_runner: Runner | None = None,
+          probe: bool | Mapping[int, Any] = True, junit: str | Path | None = None, report: str | Path | None = None,
+          quiet: bool = False) -> CheckResult:
+    """Measure ``artifact`` (or the model served at ``server``) and compare it with ``baseline`` (or write it).
+
+    Args:
+        artifact: the artifact to gate; None with ``server``.
+        baseline: the baseline JSON.
+        server: gate the model that ``edgeres serve`` serves at this URL instead of an artifact file: accuracy
+            through the server, latency as the client sees it (see the module docstring for what that verdict
+            promises), identity from the served artifact's recorded sha256.
+        model: with ``server``, the served tensor model; None = the only edgeres model there.
+        data: a labelled folder ``<class>/<image>`` for accuracy; None = the baseline's folder, if it has one.
+        reference: the FP32 model for MLPerf's 99 % rule and top-1 agreement (needs ``data``).
+        tolerances: what still passes.
+        update_baseline: measure and (over)write the baseline instead of comparing.
+        allow_mismatch: compare with a baseline from another artifact, model or device (with a note) instead of
+            refusing it.
+        latency: False skips latency (accuracy only, fast).
+        plan: batch sizes, trials, trial duration or iterations, warmup, transfers (:class:`LatencyPlan`); batch
+            sizes None = the baseline's (for a new baseline: 1 and the profile's opt). Recorded in the baseline.
+        threads: backend worker threads.
+        seed: seeds the bootstrap.
+        side_by_side: time the baseline's artifact (still on disk, unchanged) in alternating trials with
+            ``artifact`` and compare with those timings instead of the stored samples: machine drift between the
+            baseline's day and today cancels out. Accuracy still compares with the baseline. None (default): side
+            by side whenever the baseline's artifact is on disk, unchanged, and is another file than ``artifact``
+            (timing a file against itself tells nothing); else the stored samples, normalised by the probe. Not
+            with ``server``.
+        runner: an already open runner for ``artifact`` to time latency with (not closed here); accuracy always
+            runs ``artifact`` itself through :func:`edgeres.inference.infer_folder`. With ``server``, an open
+            :class:`edgeres.serve.client.RemoteRunner` used for both.
+        baseline_runner: with ``side_by_side``, an already open runner for the baseline's artifact.
+        probe: time the machine-speed probe (:mod:`edgeres.probe`) beside the artifact, sized when the baseline
+            is written and rebuilt from it at check time; False leaves it out (the verdict is then not
+            load-normalised); a mapping ``{batch: runner}`` supplies probe runners instead (tests). Never with
+            ``server``: the probe would measure this machine, not the server's.
+        junit: write the verdict here as JUnit XML.
+        report: write the verdict here as Markdown.
+        quiet: no progress output.
+
+    Returns:
+        The verdict rows; :attr:`CheckResult.exit_code` is 0 pass, 1 regression, 3 inconclusive.
+
+    Raises:
+        GateInputError: (exit 2) any error that stops the gate: a missing or unreadable baseline, a baseline
+            from another artifact/model/device without ``allow_mismatch``, a metric asked for that the baseline
+            lacks, bad options, an output that would overwrite an input, an unreachable server, an unreadable
+            image. A gate that cannot run never reads as a regression.
+    """
+    try:
+        _refuse_unsafe_outputs(artifact, baseline, data=data, reference=reference, update_baseline=update_baseline,
+                               junit=junit, report=report)
+        result = _gate(artifact, baseline, server=server, model=model, data=data, reference=reference,
+                       tolerances=tolerances, update_baseline=update_baseline, allow_mismatch=allow_mismatch,
+                       latency=latency, plan=plan, threads=threads, seed=seed, side_by_side=side_by_side,
+                       runner=runner, baseline_runner=baseline_runner, probe=probe, quiet=quiet)
+    except EdgeresError as exc:
+        if exc.exit_code == 2:
+            raise
+        raise GateInputError(str(exc)) from exc  # any error that stops the gate is exit 2, never "regression"
+    write_reports(result, junit=junit, report=report, label=str(artifact) if artifact is not None else None)
+    return result
 
 
 def _resolve_data(data: str | Path | None, base: Baseline | None, reference: str | Path | None) -> Path | None:
@@ -422,7 +577,7 @@ def _resolve_reference(reference: str | Path | None, base: Baseline | None, note
     return None
 
 
-def _latency_batches(batches: Sequence[int] | str | None, base: Baseline | None, runner: Runner) -> list[int]:
+def _latency_batches(batches: Sequence[int] | None, base: Baseline | None, runner: Runner) -> list[int]:
     if batches is not None:
         sizes = list(parse_batches(batches))
     elif base is not None:

@@ -35,6 +35,7 @@ their ratio, the machine's state cancels within the round, and no widening is ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import statistics
 from dataclasses import dataclass
@@ -45,8 +46,8 @@ import numpy as np
 
 from edgeres.backends.base import Runner
 from edgeres.baseline import Baseline, find_baseline_artifact
-from edgeres.benchmarking import ArtifactInfo, input_batch, time_calls
-from edgeres.errors import GateInputError
+from edgeres.benchmarking import ArtifactInfo, input_batch, parse_batches, time_calls
+from edgeres.errors import EdgeresError, GateInputError
 from edgeres.probe import ProbeSpec, calibrate_probe, cpu_fractions, machine_state, open_probe
 from edgeres.stats import (
     TAIL_MIN_CALLS, TAIL_MIN_TRIALS, RatioCI, Statistic, Verdict, judge_band, trial_ratio_ci, trial_values,
@@ -58,6 +59,67 @@ TRIAL_MIN_ITERATIONS = 20  # per trial and batch size
 TRIAL_MAX_ITERATIONS = 1000  # enough for median and p99; keeps the baseline small
 PROBE_DEPTH_RANGE = (4, 24)  # the probe has as many convolutions as the artifact, within this range
 PROBE_DEPTH_DEFAULT = 16  # when the artifact's graph cannot be read (an engine)
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """How the gate times latency: which batch sizes, how many alternating trials, and how long each.
+
+    Validated when made (:class:`GateInputError` names the bad value), recorded in the baseline's
+    ``latency.settings`` from :meth:`to_dict` and read back with :meth:`from_dict`, which fills what an older
+    baseline lacks with the defaults::
+
+        plan = LatencyPlan(batches=(1, 8), trials=7, trial_duration_s=1.0)
+        check("m.int8.onnx", baseline="b.json", plan=plan)
+    """
+
+    batches: tuple[int, ...] | None = None  # None: the baseline's; for a new baseline 1 and the profile's opt
+    trials: int = 5  # alternating trials (rounds); more trials narrow the intervals
+    trial_duration_s: float | None = 0.5  # timed wall time per trial and batch size (at least 20 calls)
+    trial_iterations: int | None = None  # timed calls per trial and batch size, instead of a duration
+    warmup_s: float = 0.5  # untimed calls before the trials, shared by every runner and batch size
+    transfers: bool = True  # False times the compute stage only (a runner's own stage times)
+
+    def __post_init__(self) -> None:
+        if self.batches is not None:
+            try:
+                object.__setattr__(self, "batches", parse_batches(self.batches))
+            except EdgeresError as exc:
+                raise GateInputError(f"latency plan: {exc}") from None
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise GateInputError(f"latency plan: trials must be an integer >= 1, got {self.trials!r}")
+        if self.trial_iterations is not None and (isinstance(self.trial_iterations, bool)
+                                                  or not isinstance(self.trial_iterations, int)
+                                                  or self.trial_iterations < 1):
+            raise GateInputError(f"latency plan: trial iterations must be an integer >= 1 (or None for a "
+                                 f"duration), got {self.trial_iterations!r}")
+        if self.trial_iterations is None and (self.trial_duration_s is None or not self.trial_duration_s > 0):
+            raise GateInputError(f"latency plan: the trial duration must be > 0 s (or give trial iterations), got "
+                                 f"{self.trial_duration_s!r}; e.g. --trial-duration 500ms")
+        if not self.warmup_s >= 0:
+            raise GateInputError(f"latency plan: warmup must be >= 0 s, got {self.warmup_s!r}")
+
+    def with_batches(self, batches: Sequence[int]) -> LatencyPlan:
+        """The same plan at these batch sizes (the ones resolved from the baseline or the profile)."""
+        return dataclasses.replace(self, batches=tuple(batches))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batches": list(self.batches) if self.batches is not None else None, "trials": self.trials,
+                "trial_duration_s": self.trial_duration_s, "trial_iterations": self.trial_iterations,
+                "warmup_s": self.warmup_s, "transfers": self.transfers}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> LatencyPlan:
+        """A plan from a baseline's ``latency.settings``; keys an older baseline lacks take their defaults and
+        keys this plan does not know (``spinning``) are left out."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+    def differences(self, other: LatencyPlan) -> list[str]:
+        """``"trials 5 -> 3"`` for each setting (batch sizes aside) that differs from ``other``."""
+        return [f"{name} {getattr(other, name)!r} -> {getattr(self, name)!r}" for name in
+                ("trials", "trial_duration_s", "trial_iterations", "warmup_s", "transfers")
+                if getattr(self, name) != getattr(other, name)]
 
 
 @dataclass
@@ -99,19 +161,23 @@ def size_probes(runner: Runner, batches: Sequence[int], *, artifact: str | Path 
     return specs
 
 
-def measure_latency(runners: Sequence[Runner], *, batches: Sequence[int], probes: Mapping[int, Any] | None = None,
-                    trials: int = 5, trial_duration_s: float | None = 0.3, trial_iterations: int | None = None,
-                    warmup_s: float = 0.5, transfers: bool = True, quiet: bool = False) -> LatencyTrials:
-    """Time every runner (and the probe of that batch size, when given) at each batch size, ``trials`` times.
+def measure_latency(runners: Sequence[Runner], plan: LatencyPlan, *, probes: Mapping[int, Any] | None = None,
+                    quiet: bool = False) -> LatencyTrials:
+    """Time every runner (and the probe of that batch size, when given) at each of ``plan``'s batch sizes,
+    ``plan.trials`` times.
 
     Within a trial of one batch size the runners and the probe alternate call by call (the order flipping every
     call), so a burst of contention lands on all of them alike; trials of different batch sizes alternate their
     order round by round, so slow drifts of the machine touch every batch size alike.
+
+    Raises:
+        GateInputError: ``plan`` names no batch sizes (resolve them first, :meth:`LatencyPlan.with_batches`).
     """
     from edgeres.progress import Progress
 
-    if trials < 1:
-        raise GateInputError(f"trials must be at least 1, got {trials}")
+    if not plan.batches:
+        raise GateInputError("the latency plan names no batch sizes to time")
+    batches, trials, warmup_s = list(plan.batches), plan.trials, plan.warmup_s
     probes = dict(probes or {})
     inputs = {b: input_batch(runners[0].card, b) for b in batches}
 
@@ -127,8 +193,8 @@ def measure_latency(runners: Sequence[Runner], *, batches: Sequence[int], probes
     with Progress(trials * len(batches), "latency trials", unit="trial", quiet=quiet) as bar:
         for t in range(trials):
             for b in (batches if t % 2 == 0 else list(reversed(batches))):
-                samples = _time_group(group(b), duration_s=None if trial_iterations else trial_duration_s,
-                                      iterations=trial_iterations, transfers=transfers)
+                samples = _time_group(group(b), duration_s=None if plan.trial_iterations else plan.trial_duration_s,
+                                      iterations=plan.trial_iterations, transfers=plan.transfers)
                 for i in range(len(runners)):
                     out[i][b].append(samples[i])
                 if b in probes:
@@ -212,8 +278,14 @@ def spec_record(probe: Any) -> dict[str, Any]:
     return spec.to_dict() if isinstance(spec, ProbeSpec) else {"label": type(probe).__name__}
 
 
-def latency_notes(sbs: bool, why: str, base: Baseline, trials: int, machine: dict[str, Any]) -> list[str]:
-    if sbs:
+def latency_notes(sbs: bool, why: str, base: Baseline, trials: int, machine: dict[str, Any], *,
+                  served: bool = False) -> list[str]:
+    if served:
+        notes = [f"latency of the served model is the client's wall time per request (one request in flight: the "
+                 f"network, the server's queue and the model together), compared with the stored samples, NOT "
+                 f"load-normalised: {SERVED}. A FAIL says it answers slower from this client than at baseline; "
+                 f"compare runs made from the same client against the same server placement"]
+    elif sbs:
         notes = [f"latency measured side by side with the baseline's artifact {base.artifact.path} in {trials} "
                  f"alternating rounds ({why}); the stored samples were not used"]
     elif base.probe_trials() is None:
@@ -228,6 +300,11 @@ def latency_notes(sbs: bool, why: str, base: Baseline, trials: int, machine: dic
 
 
 # --- the verdict ----------------------------------------------------------------------------------------------
+
+OLD_BASELINE = "the baseline has no machine-speed probe; rewrite it with --update-baseline"
+SERVED = ("a served model is timed as the client sees it, and a probe on the client does not measure the server's "
+          "machine")
+
 
 @dataclass(frozen=True)
 class Judgement:
@@ -262,7 +339,8 @@ def _tail_judgeable(*sides: Sequence[Sequence[float]] | None) -> str | None:
 def judge_latency(base: Mapping[int, Sequence[Sequence[float]]], now: Mapping[int, Sequence[Sequence[float]]], *,
                   base_probe: Mapping[int, Sequence[Sequence[float]]] | None = None,
                   now_probe: Mapping[int, Sequence[Sequence[float]]] | None = None, side_by_side: bool = False,
-                  tolerances: Mapping[str, float], confidence: float = 0.95, seed: int = 0) -> list[Judgement]:
+                  tolerances: Mapping[str, float], confidence: float = 0.95, seed: int = 0,
+                  unnormalised: str = OLD_BASELINE) -> list[Judgement]:
     """Judge median and p99 latency at every batch size of ``now``.
 
     Args:
@@ -275,6 +353,7 @@ def judge_latency(base: Mapping[int, Sequence[Sequence[float]]], now: Mapping[in
         tolerances: ``{"median": 0.10, "p99": 0.10}``.
         confidence: coverage of the bootstrap interval.
         seed: seeds the bootstrap.
+        unnormalised: why the comparison with the stored samples is not load-normalised, when it is not.
     """
     out = []
     for b in sorted(now):
@@ -309,9 +388,8 @@ def judge_latency(base: Mapping[int, Sequence[Sequence[float]]], now: Mapping[in
                 vb, vn = trial_values(base[b], None, stat), trial_values(now[b], None, stat)
                 ci = trial_ratio_ci(vb, vn, confidence=confidence, seed=seed)
                 machine = 1.0
-                what = (f"{stat.value} against the stored samples, NOT load-normalised (the baseline has no "
-                        f"machine-speed probe; rewrite it with --update-baseline): {len(vn)} trials now "
-                        f"({_spread(vn)}), {len(vb)} at baseline ({_spread(vb)})")
+                what = (f"{stat.value} against the stored samples, NOT load-normalised ({unnormalised}): "
+                        f"{len(vn)} trials now ({_spread(vn)}), {len(vb)} at baseline ({_spread(vb)})")
             verdict = judge_band(ci, tolerance=tol, machine=machine)
             out.append(Judgement(metric, base_stat, now_stat, ci, machine, tol, verdict,
                                  f"{what}. {_because(ci, machine, tol, verdict)}"))

@@ -14,7 +14,7 @@ from edgeres.timing import format_table
 
 if TYPE_CHECKING:
     from edgeres.benchmarking import BenchResult
-    from edgeres.checking import CheckResult
+    from edgeres.verdict import CheckResult
 
 _LATENCY_HEADERS = ["batch", "n", "min", "mean", "median", "p90", "p95", "p99", "max", "inf/s", "img/s"]
 _STAGE_HEADERS = ["batch", "preprocess", "H2D", "compute", "D2H", "latency", "serial img/s"]

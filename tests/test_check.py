@@ -6,6 +6,7 @@ Latency tests inject :class:`SleepRunner` artifacts and probes on a virtual cloc
 on a loaded machine; the decision logic itself is tested on synthetic streams in ``test_latency_gate.py``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import xml.etree.ElementTree as ET
@@ -16,13 +17,19 @@ import pytest
 from click.testing import CliRunner
 
 from edgeres.card import ModelCard, Preprocess
-from edgeres.checking import BaselineMismatch, GateInputError, Tolerances, check, load_baseline
+from edgeres.checking import BaselineMismatch, GateInputError, LatencyPlan, Tolerances, check, load_baseline
 from edgeres.stats import Verdict
 from test_bench import (  # noqa: F401 - virtual_clock is a fixture
     CLASSES, WORSE_W, SleepRunner, VirtualClock, colour_images, colour_model, virtual_clock,
 )
 
-FAST = {"trials": 5, "trial_iterations": 20, "warmup_s": 0.0, "quiet": True}
+FAST = {"plan": LatencyPlan(trials=5, trial_iterations=20, warmup_s=0.0), "quiet": True}
+
+
+def fast(opts: dict = FAST, *, batches: tuple[int, ...] | str | None = None, **plan: object) -> dict:
+    """``opts`` with its latency plan changed: other batch sizes, more calls per trial, ..."""
+    changes = {**plan, **({"batches": batches} if batches is not None else {})}
+    return {**opts, "plan": dataclasses.replace(opts["plan"], **changes)}
 CARD = ModelCard(arch="colour", class_names=CLASSES, preprocess=Preprocess.small(size=16))
 
 
@@ -59,7 +66,7 @@ def _scale_trials(path: Path, factors: list[float]) -> None:
 
 def test_update_baseline_records_identity_environment_and_raw_trials(setup: dict[str, Path]) -> None:
     result = check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True,
-                   batches="1,2", **{**FAST, "trials": 3})
+                   **fast(batches="1,2", trials=3))
     assert result.updated and result.exit_code == 0
     data = json.loads(setup["baseline"].read_text())
     assert data["kind"] == "edgeres.baseline"
@@ -81,10 +88,10 @@ def test_update_baseline_records_identity_environment_and_raw_trials(setup: dict
 
 def test_rerun_of_the_same_artifact_passes(setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
     """Same artifact, same speed, fresh per-call noise (5 % lognormal, another seed): every row passes."""
-    many = {**FAST, "trial_iterations": 200}  # p99 is judged only from >= 200 calls per trial
-    check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True, batches=(1, 8),
+    many = fast(trial_iterations=200)  # p99 is judged only from >= 200 calls per trial
+    check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True,
           runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
-          probe=probes(virtual_clock), **many)
+          probe=probes(virtual_clock), **fast(many, batches=(1, 8)))
     result = check(setup["good"], baseline=setup["baseline"],
                    runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=2),
                    probe=probes(virtual_clock, seed=20), **many)
@@ -103,9 +110,9 @@ def test_rerun_of_the_same_artifact_passes(setup: dict[str, Path], virtual_clock
 
 
 def test_slower_runner_is_a_regression(setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
           runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
-          probe=probes(virtual_clock, batches=(1,)), **FAST)
+          probe=probes(virtual_clock, batches=(1,)), **fast(batches=(1,)))
     result = check(setup["good"], baseline=setup["baseline"],
                    runner=SleepRunner(CARD, ms=4.0, extra_ms=1.0, clock=virtual_clock, jitter=0.05, seed=2),
                    probe=probes(virtual_clock, batches=(1,), seed=20), **FAST)
@@ -116,9 +123,9 @@ def test_slower_runner_is_a_regression(setup: dict[str, Path], virtual_clock: Vi
 
 def test_small_slowdown_within_tolerance_passes_and_near_it_is_inconclusive(
         setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
           runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
-          probe=probes(virtual_clock, batches=(1,)), **FAST)
+          probe=probes(virtual_clock, batches=(1,)), **fast(batches=(1,)))
     slightly = check(setup["good"], baseline=setup["baseline"],
                      runner=SleepRunner(CARD, ms=4.12, clock=virtual_clock, jitter=0.05, seed=2),
                      probe=probes(virtual_clock, batches=(1,), seed=20), **FAST)
@@ -131,11 +138,12 @@ def test_small_slowdown_within_tolerance_passes_and_near_it_is_inconclusive(
 
 def test_real_time_regression_is_caught(setup: dict[str, Path]) -> None:
     """Wall-clock timing (no virtual clock): a tenfold slowdown stands out of any scheduler noise."""
-    fast = {**FAST, "trial_iterations": 8}
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=2.0),
-          batches=(1,), probe={1: SleepProbe(CARD, ms=2.0)}, **fast)
+    quick = fast(trial_iterations=8)
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
+          runner=SleepRunner(CARD, ms=2.0),
+          probe={1: SleepProbe(CARD, ms=2.0)}, **fast(quick, batches=(1,)))
     result = check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=20.0),
-                   probe={1: SleepProbe(CARD, ms=2.0)}, **fast)
+                   probe={1: SleepProbe(CARD, ms=2.0)}, **quick)
     assert _verdicts(result)["latency median b1"] is Verdict.FAIL and result.exit_code == 1
 
 
@@ -148,8 +156,8 @@ def test_machine_that_changed_speed_is_inconclusive_never_a_regression(
     def run(ms: float, machine: float, seed: int, probe: object):
         return SleepRunner(CARD, ms=ms * machine, clock=virtual_clock, jitter=0.05, seed=seed)
 
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
-          runner=run(4.0, 1.0, 1, None), probe=probes(virtual_clock, batches=(1,)), **FAST)
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
+          runner=run(4.0, 1.0, 1, None), probe=probes(virtual_clock, batches=(1,)), **fast(batches=(1,)))
     busy = check(setup["good"], baseline=setup["baseline"], runner=run(4.0, 1.6, 2, None),
                  probe=probes(virtual_clock, machine=1.6, batches=(1,), seed=20), **FAST)
     row = next(r for r in busy.rows if r.metric == "latency median b1")
@@ -162,8 +170,8 @@ def test_machine_that_changed_speed_is_inconclusive_never_a_regression(
                    probe=probes(virtual_clock, machine=1.6, batches=(1,), seed=20), **FAST)
     assert _verdicts(slower)["latency median b1"] is Verdict.FAIL and slower.exit_code == 1
 
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
-          runner=run(4.0, 1.0, 1, None), probe=False, **FAST)
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
+          runner=run(4.0, 1.0, 1, None), probe=False, **fast(batches=(1,)))
     unnormalised = check(setup["good"], baseline=setup["baseline"], runner=run(4.0, 1.6, 2, None), probe=False,
                          **FAST)
     assert _verdicts(unnormalised)["latency median b1"] is Verdict.FAIL
@@ -174,9 +182,9 @@ def test_old_baseline_without_probe_is_judged_and_says_so(setup: dict[str, Path]
                                                            virtual_clock: VirtualClock) -> None:
     """A format-1 baseline (no probe, no machine record, spinning ORT threads) still gates: un-normalised,
     with a note saying so, and its runner settings kept."""
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
           runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
-          probe=probes(virtual_clock, batches=(1,)), **FAST)
+          probe=probes(virtual_clock, batches=(1,)), **fast(batches=(1,)))
     data = json.loads(setup["baseline"].read_text())
     data["format"] = 1
     for key in ("probe", "machine"):
@@ -196,9 +204,9 @@ def test_old_baseline_without_probe_is_judged_and_says_so(setup: dict[str, Path]
 
 
 def test_overlapping_noisy_samples_are_inconclusive(setup: dict[str, Path], virtual_clock: VirtualClock) -> None:
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
           runner=SleepRunner(CARD, ms=2.0, clock=virtual_clock, jitter=0.05, seed=1),
-          probe=probes(virtual_clock, batches=(1,)), **FAST)
+          probe=probes(virtual_clock, batches=(1,)), **fast(batches=(1,)))
     _scale_trials(setup["baseline"], [0.6, 0.8, 1.0, 1.3, 1.6])
     result = check(setup["good"], baseline=setup["baseline"],
                    runner=SleepRunner(CARD, ms=2.0, clock=virtual_clock, jitter=0.05, seed=2),
@@ -259,12 +267,13 @@ def test_input_errors(setup: dict[str, Path]) -> None:
     setup["baseline"].write_text('{"kind": "edgeres.bench"}')
     with pytest.raises(GateInputError, match="not an edgeres baseline"):
         check(setup["good"], baseline=setup["baseline"], latency=False, quiet=True)
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=0.1),
-          batches=(1,), probe=False, **FAST)
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
+          runner=SleepRunner(CARD, ms=0.1),
+          probe=False, **fast(batches=(1,)))
     with pytest.raises(GateInputError, match="no accuracy"):
         check(setup["good"], baseline=setup["baseline"], data=setup["data"], latency=False, quiet=True)
     with pytest.raises(GateInputError, match="no latency for batch"):
-        check(setup["good"], baseline=setup["baseline"], batches=(2,), runner=SleepRunner(CARD, ms=0.1), **FAST)
+        check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=0.1), **fast(batches=(2,)))
     with pytest.raises(GateInputError, match="needs labelled images"):
         check(setup["good"], baseline=setup["baseline"], reference=setup["good"], update_baseline=True,
               latency=False, quiet=True)
@@ -353,9 +362,9 @@ def test_side_by_side_cancels_machine_drift(setup: dict[str, Path], virtual_cloc
     """Baseline written on a quiet day (4 ms); today everything runs 30 % slower. Against the stored samples the
     unchanged speed looks like a regression; timed side by side with the baseline's artifact it passes, and a
     really slower candidate still fails."""
-    check(setup["good"], baseline=setup["baseline"], update_baseline=True, batches=(1,),
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True,
           runner=SleepRunner(CARD, ms=4.0, clock=virtual_clock, jitter=0.05, seed=1),
-          probe=probes(virtual_clock, batches=(1,)), **FAST)
+          probe=probes(virtual_clock, batches=(1,)), **fast(batches=(1,)))
 
     def today(ms: float, seed: int) -> SleepRunner:
         return SleepRunner(CARD, ms=ms * 1.3, clock=virtual_clock, jitter=0.05, seed=seed)
@@ -376,8 +385,9 @@ def test_side_by_side_cancels_machine_drift(setup: dict[str, Path], virtual_cloc
 def test_side_by_side_needs_the_unchanged_baseline_artifact(setup: dict[str, Path]) -> None:
     copy = setup["tmp"] / "copy.onnx"
     shutil.copy(setup["good"], copy)
-    check(copy, baseline=setup["baseline"], update_baseline=True, batches=(1,), runner=SleepRunner(CARD, ms=0.1),
-          probe=False, **FAST)
+    check(copy, baseline=setup["baseline"], update_baseline=True,
+          runner=SleepRunner(CARD, ms=0.1),
+          probe=False, **fast(batches=(1,)))
     with pytest.raises(GateInputError, match="cannot be combined"):
         check(copy, baseline=setup["baseline"], update_baseline=True, side_by_side=True, **FAST)
     copy.write_bytes(copy.read_bytes() + b"\0")

@@ -95,6 +95,10 @@ class TritonClient:
         except ServerRequestError:
             return False
 
+    def server_metadata(self) -> dict[str, Any]:
+        """The server's KServe v2 metadata: ``{"name": "triton", "version": "2.51.0", "extensions": [...]}``."""
+        return self.get_json("/v2")
+
     def model_config(self, model: str) -> dict[str, Any]:
         return self.get_json(f"/v2/models/{urllib.parse.quote(model)}/config")
 
@@ -220,6 +224,12 @@ class RemoteRunner:
         self.profile = BatchProfile(min(low, high), min(low, high), high)
         self.backend = f"triton/{params.get('edgeres_backend', '?')}"
         self.precision = params.get("edgeres_precision", "?")
+        self.params = params  # every edgeres_* parameter the served repository recorded
+        # the served artifact's identity as `edgeres serve` recorded it ("" from a repository of an older edgeres)
+        self.artifact_sha256 = params.get("edgeres_artifact_sha256", "")
+        self.model_sha256 = params.get("edgeres_model_sha256", "")
+        groups = config.get("instance_group") or [{}]
+        self.instance_kind = str(groups[0].get("kind", "KIND_CPU"))
         self.threads = None
         self.last_stage_times: StageTimes | None = None
 

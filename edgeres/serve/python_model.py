@@ -26,6 +26,17 @@ def _pb() -> Any:
     return pb_utils
 
 
+def _same_artifact(params: dict[str, str]) -> None:
+    """Refuse to serve an artifact that changed after the repository recorded its sha256 (clients read that
+    record as the served model's identity, e.g. `edgeres check --server`)."""
+    from edgeres.io import sha256_file
+
+    path, expected = params["edgeres_artifact"], params.get("edgeres_artifact_sha256")
+    if expected and sha256_file(path) != expected:
+        raise RuntimeError(f"{path} changed after `edgeres serve` wrote this model (sha256 differs from the "
+                           "recorded one); restart `edgeres serve`")
+
+
 class _Model:
     """What both models share: open the runner, batch the requests, answer each one."""
 
@@ -41,6 +52,7 @@ class _Model:
         opts: dict[str, Any] = {}
         if params.get("edgeres_backend") == "onnxruntime":
             opts = {"threads": int(params.get("edgeres_threads") or 1), "spinning": False}
+        _same_artifact(params)
         self.runner = backends.open(params["edgeres_artifact"], **opts)
         self.runner.__enter__()
         # the batch range the repository promised Triton (for a plain ONNX it comes from the graph, not a sidecar)

@@ -28,6 +28,7 @@ from typing import Any
 from edgeres.backends.base import BatchProfile, Sidecar
 from edgeres.card import ModelCard
 from edgeres.errors import BackendError, InputError, ModelError
+from edgeres.io import sha256_file
 from edgeres.serve.config import ModelConfig, Tensor, preferred_batch_sizes, validate_config
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ def describe(artifact: str | os.PathLike[str]) -> ServedArtifact:
     """Read an artifact's sidecar (checking the file still matches it), or a plain ONNX's card."""
     from edgeres.backends import read_sidecar_for, sidecar_path
     from edgeres.card import read_onnx_card
-    from edgeres.io import sha256_file
 
     path = Path(artifact)
     if not path.is_file():
@@ -318,7 +318,10 @@ def serving_repository(artifact: str | os.PathLike[str], repo: str | os.PathLike
     card = art.card  # the runner takes FP32 in the card's layout and gives FP32 logits, whatever the precision
     inp = Tensor(card.input_name, "FP32", list(card.preprocess.input_shape))
     out = Tensor(card.output_name, "FP32", [card.num_classes], label_filename="labels.txt")
+    artifact_sha = art.sidecar.artifact_sha256 if art.sidecar is not None else sha256_file(art.path)
+    model_sha = (art.sidecar.source_onnx_sha256 if art.sidecar is not None else None) or artifact_sha
     common = {"edgeres_artifact": str(art.path.resolve()), "edgeres_threads": str(threads),
+              "edgeres_artifact_sha256": artifact_sha, "edgeres_model_sha256": model_sha,
               "edgeres_card": art.card.to_json(), "edgeres_backend": art.backend,
               "edgeres_precision": art.precision, "edgeres_profile": str(art.profile),
               "edgeres_top_k": str(top_k)}
