@@ -121,7 +121,10 @@ def save_baseline(baseline: Baseline, path: str | Path) -> None:
 
 
 def _identity_differences(base: Baseline, now: Baseline) -> list[str]:
-    diffs = [f"{label} {getattr(base.artifact, key)[:16]} -> {getattr(now.artifact, key)[:16]}"
+    def short(key: str, value: str) -> str:
+        return value[:16] if key.endswith("sha256") else value  # hashes shortened, names in full
+
+    diffs = [f"{label} {short(key, getattr(base.artifact, key))} -> {short(key, getattr(now.artifact, key))}"
              for label, key in _IDENTITY if getattr(base.artifact, key) != getattr(now.artifact, key)]
     if base.device != now.device:
         diffs.append(f"device {base.device!r} -> {now.device!r}")

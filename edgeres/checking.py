@@ -43,7 +43,7 @@ from edgeres.baseline import (  # Baseline, BASELINE_FORMAT, BaselineMismatch, l
 from edgeres.benchmarking import ArtifactInfo, describe_artifact, parse_batches, runner_environment, split_by_profile
 from edgeres.environment import Environment, collect
 from edgeres.errors import EdgeresError, GateInputError  # GateInputError: re-exported
-from edgeres.io import check_writable, refuse_overwriting_inputs, sha256_file
+from edgeres.io import outputs_safe, sha256_file
 from edgeres.latency_gate import (  # LatencyPlan, measure_latency: re-exported
     OLD_BASELINE, SERVED, Judgement, LatencyPlan, choose_side_by_side, gate_probes, judge_latency, latency_notes,
     measure_latency, spec_record, spinning_for,
@@ -341,9 +341,6 @@ def _latency_runners(run: _Run, plan: LatencyPlan, *, side_by_side: bool | None,
     whether (and why) side by side."""
     subject, base = run.subject, run.base
     if subject.served:
-        if side_by_side:
-            raise GateInputError("--side-by-side times the baseline's artifact on this machine; a served model's "
-                                 "latency is compared with the stored samples (leave out --side-by-side)")
         return [subject.runner], {}, False, ""
     sbs, why = choose_side_by_side(side_by_side, base, subject.info)
     runners: list[Any] = [subject.runner]
@@ -417,6 +414,9 @@ def _gate(artifact: str | Path | None, baseline: str | Path, *, server: str | No
     if side_by_side and update_baseline:
         raise GateInputError("--side-by-side compares with an existing baseline; it cannot be combined with "
                              "--update-baseline")
+    if side_by_side and server is not None:
+        raise GateInputError("--side-by-side times the baseline's artifact on this machine; a served model's "
+                             "latency is compared with the stored samples (leave out --side-by-side)")
     base = None if update_baseline else load_baseline(baseline)
     judgements: list[Judgement] = []
     with contextlib.ExitStack() as stack:
@@ -456,11 +456,7 @@ def _refuse_unsafe_outputs(artifact: str | Path | None, baseline: str | Path, *,
 
     inputs = {"ARTIFACT": artifact, "ARTIFACT's sidecar": sidecar_path(Path(artifact)) if artifact else None,
               "--reference": reference, "--data": data, "--baseline": None if update_baseline else baseline}
-    outputs = {"--junit": junit, "--report": report, "--baseline": baseline if update_baseline else None}
-    refuse_overwriting_inputs(inputs, outputs)
-    for name, path in outputs.items():
-        if path is not None:
-            check_writable(path, what=name)
+    outputs_safe(inputs, {"--junit": junit, "--report": report, "--baseline": baseline if update_baseline else None})
 
 
 def write_reports(result: CheckResult, *, junit: str | Path | None = None, report: str | Path | None = None,

@@ -417,3 +417,73 @@ def test_cli_side_by_side_is_the_default_when_the_baseline_artifact_is_on_disk(s
                "--trial-duration", "20ms", "--json")
     assert res.exit_code in (0, 1, 3), res.output
     assert any("is not on disk" in n and "stored samples" in n for n in json.loads(res.stdout)["notes"])
+
+
+# --- the latency plan, and the rules the CLI used to hold ------------------------------------------------------
+
+@pytest.mark.parametrize("bad, message", [
+    ({"trials": 0}, "trials must be an integer >= 1, got 0"),
+    ({"trials": 2.5}, "trials must be an integer >= 1, got 2.5"),
+    ({"trial_duration_s": 0.0}, "trial duration must be > 0 s"),
+    ({"trial_duration_s": None}, "trial duration must be > 0 s"),
+    ({"trial_iterations": 0}, "trial iterations must be an integer >= 1"),
+    ({"warmup_s": -1.0}, "warmup must be >= 0 s, got -1.0"),
+    ({"batches": "1,x"}, "batch sizes must be integers"),
+    ({"batches": (0,)}, "batch sizes must be at least 1"),
+])
+def test_latency_plan_refuses_bad_settings(bad: dict, message: str) -> None:
+    with pytest.raises(GateInputError, match="latency plan: ") as info:
+        LatencyPlan(**bad)
+    assert message in str(info.value) and info.value.exit_code == 2
+
+
+def test_latency_plan_round_trips_and_reads_old_baselines() -> None:
+    plan = LatencyPlan(batches="8,1,8", trials=7, trial_iterations=40, warmup_s=0.0, transfers=False)
+    assert plan.batches == (8, 1) and LatencyPlan.from_dict(plan.to_dict()) == plan
+    assert LatencyPlan(trial_duration_s=None, trial_iterations=5).trial_iterations == 5  # iterations, no duration
+    old = {"trials": 3, "trial_duration_s": 0.2, "trial_iterations": None, "transfers": True, "spinning": True}
+    assert LatencyPlan.from_dict(old) == LatencyPlan(trials=3, trial_duration_s=0.2)  # batches, warmup: defaults
+    assert LatencyPlan.from_dict(None) == LatencyPlan()
+    assert LatencyPlan(trials=3).differences(LatencyPlan()) == ["trials 5 -> 3"]
+
+
+def test_baseline_records_the_plan_and_a_changed_plan_is_noted(setup: dict[str, Path]) -> None:
+    check(setup["good"], baseline=setup["baseline"], update_baseline=True, runner=SleepRunner(CARD, ms=0.1),
+          probe=False, **fast(batches=(1,)))
+    settings = json.loads(setup["baseline"].read_text())["latency"]["settings"]
+    assert settings == {**FAST["plan"].with_batches((1,)).to_dict(), "spinning": False}
+    again = check(setup["good"], baseline=setup["baseline"], runner=SleepRunner(CARD, ms=0.1), probe=False,
+                  **fast(trials=3))
+    assert "latency plan differs from the baseline's: trials 5 -> 3" in again.notes
+    assert again.measured.latency["settings"]["batches"] == [1]  # the baseline's batch sizes, resolved
+
+
+def test_check_writes_its_reports_and_any_stopping_error_is_exit_2(setup: dict[str, Path]) -> None:
+    junit, report = setup["tmp"] / "ci" / "junit.xml", setup["tmp"] / "check.md"
+    check(setup["good"], baseline=setup["baseline"], data=setup["data"], update_baseline=True, latency=False,
+          quiet=True)
+    result = check(setup["worse"], baseline=setup["baseline"], latency=False, allow_mismatch=True, quiet=True,
+                   junit=junit, report=report)
+    assert result.exit_code == 1
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("failures") == "1" and suite.find("properties/property[@name='artifact']").get("value") == str(
+        setup["worse"])
+    assert "| top-1 accuracy | 100.00% | 33.33% |" in report.read_text()
+    with pytest.raises(GateInputError, match="--junit") as info:  # an output over an input: refused before work
+        check(setup["good"], baseline=setup["baseline"], latency=False, junit=setup["baseline"], quiet=True)
+    assert info.value.exit_code == 2
+    (setup["data"] / "red" / "0.png").write_bytes(b"not a png")  # an error that stops the gate (DataError, 1) ...
+    with pytest.raises(GateInputError) as info:
+        check(setup["good"], baseline=setup["baseline"], latency=False, allow_mismatch=True, quiet=True)
+    assert info.value.exit_code == 2 and "0.png" in str(info.value)  # ... is exit 2, never a "regression"
+    with pytest.raises(GateInputError, match="give ARTIFACT or --server URL"):
+        check(setup["good"], baseline=setup["baseline"], server="http://127.0.0.1:9", quiet=True)
+    with pytest.raises(GateInputError, match="nothing to check"):
+        check(baseline=setup["baseline"], quiet=True)
+
+
+def test_cli_refuses_a_bad_plan_with_exit_2(setup: dict[str, Path]) -> None:
+    res = _cli(setup["good"], "--baseline", setup["baseline"], "--update-baseline", "--trial-duration", "0")
+    assert res.exit_code == 2 and "trial duration must be > 0" in res.output and "Traceback" not in res.output
+    res = _cli("--baseline", setup["baseline"], "--update-baseline")
+    assert res.exit_code == 2 and "give ARTIFACT or --server URL" in res.output
