@@ -196,3 +196,26 @@ def test_a_plain_exported_onnx_exports_with_the_batch_its_graph_has(tiny: Path, 
     fixed = export_tiny(tiny_resnet20(), tmp_path / "fixed4.onnx", read_onnx_card(tiny), batch=4)
     config = validate_config((export_triton(fixed, tmp_path) / "config.pbtxt").read_text())
     assert config.max_batch_size == 4 and list(config.dynamic_batching.preferred_batch_size) == [4]
+
+
+def test_serving_repository_records_the_artifact_identity_and_the_model_refuses_a_changed_file(
+        tiny: Path, tmp_path: Path) -> None:
+    """What `edgeres check --server` matches a baseline with: the artifact's sha256 and its source model's."""
+    from edgeres.serve.python_model import _same_artifact
+
+    art = tmp_path / "copy.fp32.onnx"
+    backends.build(tiny, backend="onnxruntime", precision="fp32", out=art, profile=BatchProfile(1, 4, 8))
+    serving_repository(art, tmp_path / "models", name="tiny")
+    for model in ("tiny", "tiny_image"):
+        config = validate_config((tmp_path / "models" / model / "config.pbtxt").read_text())
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        assert params["edgeres_artifact_sha256"] == sha256_file(art)
+        assert params["edgeres_model_sha256"] == sha256_file(tiny) != sha256_file(art)  # the source ONNX
+    _same_artifact(params)  # unchanged: served
+    art.write_bytes(art.read_bytes() + b"\0")
+    with pytest.raises(RuntimeError, match="changed after `edgeres serve` wrote this model"):
+        _same_artifact(params)
+    serving_repository(tiny, tmp_path / "plain", name="plain")  # a plain ONNX is its own source
+    config = validate_config((tmp_path / "plain" / "plain" / "config.pbtxt").read_text())
+    assert config.parameters["edgeres_artifact_sha256"].string_value == sha256_file(tiny)
+    assert config.parameters["edgeres_model_sha256"].string_value == sha256_file(tiny)
