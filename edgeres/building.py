@@ -24,7 +24,7 @@ import numpy as np
 from edgeres.backends import (BackendName, BatchProfile, Precision, Sidecar, artifact_suffix, choose_backend,
                               sidecar_path)
 from edgeres.card import ModelCard
-from edgeres.errors import DataError, InputError, ModelError
+from edgeres.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -415,30 +415,19 @@ def verification_inputs(onnx_path: Path, card: ModelCard, *, calib_dir: Any = No
                         seed: int = 0) -> tuple[np.ndarray, str]:
     """``count`` preprocessed calibration images (a seeded, class-balanced sample), or seeded noise when none are
     known."""
-    from edgeres.data import load_image
+    from edgeres.comparison import real_or_noise
 
-    try:
-        paths = calibration_images(onnx_path, card, calib_dir=calib_dir, images=count)
-    except (InputError, DataError) as exc:
-        log.warning("no calibration images given (--calib) or recorded in the model card (%s); verifying on "
-                    "random inputs", str(exc).split(";")[0])
-        paths = []
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(load_image(p, card.preprocess))
-        except DataError as exc:
-            log.warning("verification skips %s", exc)
-    if arrays:
-        return np.stack(arrays), "calibration images"
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((count, *card.preprocess.input_shape)).astype(np.float32), "random inputs"
+    return real_or_noise(lambda: calibration_images(onnx_path, card, calib_dir=calib_dir, images=count),
+                         card.preprocess, count=count, seed=seed, real="calibration images", noise="random inputs",
+                         warning="no calibration images given (--calib) or recorded in the model card ({reason}); "
+                                 "verifying on random inputs", skip_unreadable=True)
 
 
 def verify(artifact: Path, reference_onnx: Path, inputs: np.ndarray, *, source: str,
            profile: BatchProfile = BatchProfile(), threads: int | None = None) -> Verification:
     """Run ``inputs`` through the artifact and through the FP32 ONNX on ONNX Runtime; compare logits and time."""
     from edgeres import backends
+    from edgeres.comparison import compare_logits
 
     batch = max(profile.min, min(profile.opt, profile.max, len(inputs)))
     chunks = _chunks(inputs, batch)
@@ -447,10 +436,10 @@ def verify(artifact: Path, reference_onnx: Path, inputs: np.ndarray, *, source: 
     with backends.open(artifact, threads=threads) as run:
         art_logits, art_s = _run_all(run, chunks)
     n = len(inputs)
-    agree = float(np.mean(ref_logits[:n].argmax(1) == art_logits[:n].argmax(1)))
-    diff = float(np.max(np.abs(ref_logits[:n].astype(np.float64) - art_logits[:n].astype(np.float64))))
-    return Verification(images=n, source=source, top1_agreement=agree, max_abs_diff=diff, batch=batch,
-                        reference_ms=ref_s * 1e3 / n, artifact_ms=art_s * 1e3 / n)
+    compared = compare_logits(ref_logits[:n], art_logits[:n])
+    return Verification(images=n, source=source, top1_agreement=compared.top1_agreement,
+                        max_abs_diff=compared.max_abs_diff, batch=batch, reference_ms=ref_s * 1e3 / n,
+                        artifact_ms=art_s * 1e3 / n)
 
 
 def _chunks(inputs: np.ndarray, batch: int) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ import torch
 
 from edgeres import models
 from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx, card_for_file
+from edgeres.comparison import compare_logits
 from edgeres.errors import InputError, ModelError, ParityError
 from edgeres.io import atomic_path
 
@@ -178,18 +179,11 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, 
 
 def parity_inputs(card: ModelCard, count: int, *, seed: int = 0) -> tuple[np.ndarray, str]:
     """Up to ``count`` preprocessed real images of the card's dataset (val split first), else seeded noise."""
-    from edgeres.data import list_images, load_batch
+    from edgeres.comparison import dataset_sample, real_or_noise
 
-    root = card.dataset.get("root")
-    if root and Path(root).is_dir():
-        val = Path(root) / "val"
-        paths = list_images(val if val.is_dir() else Path(root))
-        if paths:
-            step = max(1, len(paths) // count)
-            return load_batch(paths[::step][:count], card.preprocess), "dataset"
-    log.warning("no dataset recorded in the model card: checking parity on random inputs")
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((count, *card.preprocess.input_shape)).astype(np.float32), "random"
+    return real_or_noise(lambda: dataset_sample(card, count), card.preprocess, count=count, seed=seed,
+                         real="dataset", noise="random",
+                         warning="no dataset recorded in the model card: checking parity on random inputs")
 
 
 def _check_parity(model: torch.nn.Module, onnx_path: Path, card: ModelCard, *, out: Path, opset: int,
@@ -201,19 +195,17 @@ def _check_parity(model: torch.nn.Module, onnx_path: Path, card: ModelCard, *, o
     if len(images) < max(batch_sizes):  # a small dataset: repeat its images to fill the largest batch
         images = np.concatenate([images] * -(-max(batch_sizes) // len(images)))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    max_abs, agree, total = 0.0, 0, 0
+    refs, gots = [], []
     for bs in batch_sizes:
         for start in range(0, len(images) - bs + 1, bs):
             x = images[start:start + bs]
             with torch.no_grad():
-                ref = model(torch.from_numpy(x)).numpy()
-            got = session.run(None, {card.input_name: x})[0]
-            max_abs = max(max_abs, float(np.abs(ref - got).max()))
-            agree += int((ref.argmax(1) == got.argmax(1)).sum())
-            total += bs
-    top1 = agree / total
-    if not np.isfinite(max_abs) or max_abs > PARITY_MAX_ABS or agree != total:
+                refs.append(model(torch.from_numpy(x)).numpy())
+            gots.append(session.run(None, {card.input_name: x})[0])
+    parity = compare_logits(np.concatenate(refs), np.concatenate(gots))
+    max_abs, top1 = parity.max_abs_diff, parity.top1_agreement
+    if not np.isfinite(max_abs) or max_abs > PARITY_MAX_ABS or parity.agree != parity.count:
         raise ParityError(f"ONNX export of {card.arch} does not match PyTorch: max |dlogit| {max_abs:.3g} "
                           f"(limit {PARITY_MAX_ABS:g}), top-1 agreement {100 * top1:.1f}%; {out} was not written")
-    return ExportResult(path=out, opset=opset, max_abs_diff=max_abs, top1_agreement=top1, parity_images=total,
-                        parity_source=source, batch_sizes=batch_sizes)
+    return ExportResult(path=out, opset=opset, max_abs_diff=max_abs, top1_agreement=top1,
+                        parity_images=parity.count, parity_source=source, batch_sizes=batch_sizes)

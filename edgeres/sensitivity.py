@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from edgeres.comparison import compare_logits, top_k_accuracy
 from edgeres.errors import InputError
 from edgeres.progress import Progress
 
@@ -229,7 +230,7 @@ class _Evaluator:
                                for i in range(0, len(self.images), EVAL_BATCH)])
 
     def top1(self, logits: np.ndarray) -> float:
-        return 100.0 * float((logits.argmax(1) == self.labels).mean())
+        return 100.0 * top_k_accuracy(logits, self.labels, k=1)
 
     def variant(self, keep_fp32: Sequence[str]) -> tuple[float, float]:
         """(top-1 drop in pp, mean |Δlogit|) of the Q/DQ model with ``keep_fp32`` left in float."""
@@ -237,7 +238,7 @@ class _Evaluator:
 
         qmodel = quantize_model(self.source, self.amax, keep_fp32=keep_fp32, equalize=self.equalize)
         logits = self.run(qmodel.SerializeToString())
-        return self.fp32_top1 - self.top1(logits), float(np.abs(logits - self.fp32).mean())
+        return self.fp32_top1 - self.top1(logits), compare_logits(self.fp32, logits).mean_abs_diff
 
 
 def _float_everything_but(layer: str, layers: list[Layer], model: Any) -> list[str]:

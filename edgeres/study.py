@@ -244,12 +244,13 @@ def _score_and_time(artifact: Path, images: np.ndarray, labels: np.ndarray, *, s
                     threads: int | None, open_runner: Callable[..., Any]) -> tuple[float, float]:
     """(top-1 % on the labelled images, median ms per batch-1 call) of one built artifact."""
     from edgeres.benchmarking import time_calls
+    from edgeres.comparison import top_k_accuracy
     from edgeres.timing import summarize
 
     with open_runner(artifact, **({"threads": threads} if threads else {})) as runner:
         step = max(1, min(32, runner.profile.max))
         logits = np.concatenate([runner.infer(images[i:i + step]) for i in range(0, len(images), step)])
-        top1 = 100.0 * float((logits.argmax(1) == labels).mean())
+        top1 = 100.0 * top_k_accuracy(logits, labels, k=1)
         calls = time_calls(runner, images[:1], duration_s=seconds, warmup_s=min(0.5, seconds))
     return top1, summarize(calls.latency_ms).median
 
