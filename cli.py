@@ -163,17 +163,13 @@ def train(ctx: click.Context, data_dir: str, arch: str, out: Path, epochs: int |
           val_split: float | None, hflip: bool | None, shortcut: str | None, threads: int | None, resume: bool,
           force: bool) -> None:
     """Train ARCH on DATA_DIR (an image folder, or the built-in name 'digits') and write a checkpoint."""
-    from edgeres.errors import InputError
-    from edgeres.training import TrainConfig, train as run_training
+    from edgeres import api
+    from edgeres.training import TrainConfig
 
-    if out.exists() and not (resume or force):
-        raise InputError(f"{out} already exists; pass --resume to continue it or --force to start over")
-    outputs_safe({"DATA_DIR": data_dir if Path(data_dir).exists() else None}, {"--out": out})
-    options = {"shortcut": shortcut} if shortcut else {}
     cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
                       weight_decay=weight_decay, seed=seed, size=size, val_split=val_split, hflip=hflip,
-                      model_options=options, threads=threads)
-    result = run_training(data_dir, out=out, config=cfg, resume=resume, quiet=quiet_flag(ctx))
+                      model_options={"shortcut": shortcut} if shortcut else {}, threads=threads)
+    result = api.train(data_dir, out=out, config=cfg, resume=resume, force=force, quiet=quiet_flag(ctx))
     click.echo(f"trained {result.arch} for {result.epochs_run} epochs in {result.seconds:.1f}s -> {result.checkpoint}")
     click.echo(f"best val top-1: {100 * result.best_val_top1:.1f}% (last epoch {100 * result.final_val_top1:.1f}%)")
 
@@ -239,47 +235,20 @@ def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, i
               seed: int, out: Path | None, trt_cache: Path | None, trt_version: str, trt_algorithm: str | None,
               equalize: bool, force: bool, as_json: bool) -> None:
     """Compute INT8 ranges of MODEL (an FP32 ONNX) from calibration images."""
-    import time
+    from edgeres import api
 
-    from calibration import CalibrationError
-    from calibration import trt_cache as cache
-    from edgeres.calibrating import calibrate as run_calibration
-    from edgeres.errors import InputError
-
-    out = out or model.with_name(f"{model.stem}.ranges.json")
-    outputs_safe({"MODEL": model, "--data": data}, {"--out": out, "--trt-cache": trt_cache})
-    for target in (out, trt_cache):
-        if target is not None and target.exists() and not force:
-            raise InputError(f"{target} already exists; pass --force to overwrite it")
-    algorithm = trt_algorithm or ("MinMaxCalibration" if method == "minmax" else "EntropyCalibration2")
-    if trt_cache is not None:
-        try:  # a bad --trt-version is refused before minutes of calibration, not after
-            cache.format_header(trt_version, algorithm)
-        except CalibrationError as exc:
-            raise InputError(str(exc)) from exc
-    start = time.perf_counter()
-    ranges = run_calibration(model, data=data, method=method, images=images, batch_size=batch_size, seed=seed,
-                             quiet=quiet_flag(ctx), equalize=equalize)
-    seconds = time.perf_counter() - start
-    try:
-        ranges.save(out)
-        header = None
-        if trt_cache is not None:
-            header = cache.write(trt_cache, ranges, trt_version=trt_version, algorithm=algorithm)
-    except CalibrationError as exc:
-        raise InputError(str(exc)) from exc
-    amax = sorted(ranges.amax.values())
-    summary = {"model": str(model), "ranges": str(out), "method": ranges.method, "images": ranges.num_images,
-               "tensors": len(amax), "seconds": round(seconds, 2), "amax_min": amax[0], "amax_max": amax[-1],
-               "trt_cache": str(trt_cache) if trt_cache else None, "trt_header": header}
+    result = api.calibrate(model, data=data, method=method, images=images, batch_size=batch_size, seed=seed,
+                           out=out, trt_cache=trt_cache, trt_version=trt_version, trt_algorithm=trt_algorithm,
+                           equalize=equalize, force=force, quiet=quiet_flag(ctx))
+    summary = result.to_dict()
     if as_json:
         echo_json(summary)
         return
-    rows = [("tensors", len(amax)), ("method", ranges.method), ("images", ranges.num_images),
-            ("time", f"{seconds:.1f} s ({ranges.num_images / max(seconds, 1e-9):.0f} img/s)"),
-            ("amax", f"{amax[0]:.4g} .. {amax[-1]:.4g}"), ("ranges", out)]
-    if trt_cache is not None:
-        rows.append(("TensorRT cache", f"{trt_cache} ({header})"))
+    rows = [("tensors", summary["tensors"]), ("method", summary["method"]), ("images", summary["images"]),
+            ("time", f"{result.seconds:.1f} s ({summary['images'] / max(result.seconds, 1e-9):.0f} img/s)"),
+            ("amax", f"{summary['amax_min']:.4g} .. {summary['amax_max']:.4g}"), ("ranges", result.path)]
+    if result.trt_cache is not None:
+        rows.append(("TensorRT cache", f"{result.trt_cache} ({result.trt_header})"))
     for key, value in rows:
         click.echo(f"{key:<15} {value}")
 
@@ -298,18 +267,12 @@ def calibrate(ctx: click.Context, model: Path, data: Path | None, method: str, i
 def quantize(model: Path, ranges_path: Path, out: Path, activations: str, keep_fp32: tuple[str, ...],
              per_tensor: bool, force: bool) -> None:
     """Write the INT8 Q/DQ twin of MODEL (an FP32 ONNX) from its calibration ranges."""
-    import onnx
+    from edgeres import api
 
-    from edgeres.quantization import quantize_qdq
-
-    outputs_safe({"MODEL": model, "--ranges": ranges_path}, {"--out": out})
-    written = quantize_qdq(model, ranges_path, out=out, activations=activations, keep_fp32=list(keep_fp32),
-                           per_channel=not per_tensor, force=force)
-    nodes = onnx.load(str(written), load_external_data=False).graph.node
-    pairs = sum(n.op_type == "QuantizeLinear" for n in nodes)
-    size = written.stat().st_size / model.stat().st_size
-    click.echo(f"wrote {written} ({activations} activations, {pairs} activation Q/DQ points, "
-               f"{size:.2f}x the FP32 size)")
+    result = api.quantize(model, ranges_path, out=out, activations=activations, keep_fp32=keep_fp32,
+                          per_channel=not per_tensor, force=force)
+    click.echo(f"wrote {result.path} ({result.activations} activations, {result.qdq_points} activation Q/DQ "
+               f"points, {result.size_ratio:.2f}x the FP32 size)")
 
 
 @cli.command()
@@ -333,16 +296,12 @@ def sensitivity(ctx: click.Context, model: Path, data: Path | None, images: int,
                 calib_method: str, calib_images: int, equalize: bool, out: Path | None, plot: Path | None,
                 as_json: bool) -> None:
     """Measure how much quantizing each layer of MODEL (an FP32 ONNX) to INT8 costs, most sensitive first."""
-    from edgeres.io import write_json_atomic
-    from edgeres.sensitivity import plot_sensitivity, run_sensitivity, sensitivity_table
+    from edgeres import api
+    from edgeres.sensitivity import sensitivity_table
 
-    outputs_safe({"MODEL": model, "--data": data, "--calib": calib}, {"--out": out, "--plot": plot})
-    report = run_sensitivity(model, data=data, images=images, calib=calib, method=calib_method,
-                             calib_images=calib_images, equalize=equalize, quiet=quiet_flag(ctx))
-    if out is not None:
-        write_json_atomic(out, report.to_dict())
-    if plot is not None:
-        plot_sensitivity(report, plot)
+    report = api.sensitivity_report(model, data=data, images=images, calib=calib, method=calib_method,
+                                    calib_images=calib_images, equalize=equalize, out=out, plot=plot,
+                                    quiet=quiet_flag(ctx))
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -375,8 +334,6 @@ def _duration_option(ctx: click.Context, param: click.Parameter, value: str | No
                    "With --server: one size, images per request [1].")
 @click.option("--warmup", default="1s", show_default=True, callback=_duration_option,
               help="Untimed calls before each batch size (1s, 500ms, 2).")
-@click.option("--server", metavar="URL", help="Gate the model `edgeres serve` serves at URL instead of ARTIFACT.")
-@click.option("--model", help="With --server: the served model [the only edgeres model there].")
 @click.option("--duration", default="5s", show_default=True, callback=_duration_option,
               help="Timed wall time per batch size.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Timed calls per batch size, instead of --duration.")
@@ -395,37 +352,31 @@ def bench_cmd(ctx: click.Context, artifact: Path | None, server: str | None, mod
     --server URL: time the served model under concurrent clients (`edgeres bench --server URL --concurrency 1,4,16`)."""
     from click.core import ParameterSource
 
-    from edgeres.benchmarking import bench as run_bench
-    from edgeres.report import bench_markdown, bench_table, plot_bench, require_matplotlib, write_markdown
+    from edgeres import api
+    from edgeres.report import bench_table
+    from edgeres.serve.client import ServerBenchResult, server_bench_table
 
     if iterations is not None and ctx.get_parameter_source("duration") is ParameterSource.COMMANDLINE:
         raise click.UsageError("give --duration or --iterations, not both")
-    if server is not None:
-        _bench_server(ctx, artifact, server, model, concurrency, batches, warmup, duration, iterations, out,
-                      plot, report)
-        return
-    if artifact is None:
+    if artifact is None and server is None:
         raise click.UsageError("Missing argument 'ARTIFACT' (or --server URL).")
-    if plot is not None:
-        if plot.suffix.lower() != ".png":
-            raise click.BadParameter(f"{plot} must end in .png (the plot is a PNG image)", param_hint="--plot")
-        require_matplotlib()  # fail before measuring, not after
-    outputs_safe(artifact_inputs(artifact), {"--out": out, "--report": report, "--plot": plot})
-    result = run_bench(artifact, batches=batches, warmup_s=warmup, duration_s=duration, iterations=iterations,
-                       transfers=not no_transfers, threads=threads, quiet=quiet_flag(ctx))
-    click.echo(bench_table(result))
-    if out is not None:
-        click.echo(f"wrote {result.write_json(out)}")
-    if report is not None:
-        click.echo(f"wrote {write_markdown(report, bench_markdown(result))}")
-    if plot is not None:
-        click.echo(f"wrote {plot_bench(result, plot)}")
+    given = ctx.get_parameter_source("batches") is ParameterSource.COMMANDLINE
+    result = api.bench(artifact, server=server, model=model, batches=batches if given else None,
+                       concurrency=concurrency, warmup_s=warmup, duration_s=duration, iterations=iterations,
+                       transfers=not no_transfers, threads=threads, out=out, report=report, plot=plot,
+                       quiet=quiet_flag(ctx))
+    click.echo(server_bench_table(result) if isinstance(result, ServerBenchResult) else bench_table(result))
+    for path in (out, report, plot):
+        if path is not None:
+            click.echo(f"wrote {path}")
 
 
 @cli.command("check")
 @click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
 @click.option("--baseline", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Baseline JSON to compare with (or to write with --update-baseline).")
+@click.option("--server", metavar="URL", help="Gate the model `edgeres serve` serves at URL instead of ARTIFACT.")
+@click.option("--model", help="With --server: the served model [the only edgeres model there].")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Labelled images <class>/<image> for accuracy [the baseline's folder].")
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -585,30 +536,29 @@ def infer(ctx: click.Context, artifact: Path, images: Path | None, server: str |
           as_json: bool) -> None:
     """Classify every image under IMAGES with ARTIFACT (a built artifact or an exported ONNX), or with the model
     served at --server URL (`edgeres infer IMAGES --server URL`)."""
-    from edgeres.errors import DataError, InputError
-    from edgeres.inference import infer_folder, predictions_table, summary_table
+    from edgeres import api
+    from edgeres.errors import DataError
 
-    if out is not None and out.suffix.lower() not in (".json", ".csv"):
-        raise InputError(f"--out must end in .json or .csv, got {out}")
-    remote = None
-    if server is not None:
+    if server is not None:  # the one positional argument is then IMAGES
         if images is not None:
             raise click.UsageError("with --server give only IMAGES (the server holds the model)")
-        from edgeres.serve.client import RemoteRunner
+        artifact, images = None, artifact
+    elif images is None:
+        raise click.UsageError("Missing argument 'IMAGES' (or give only IMAGES with --server URL).")
+    try:
+        result = api.infer(artifact, images, server=server, model=model, batch=batch, top_k=top_k, out=out,
+                           strict=strict, threads=threads, workers=workers, quiet=quiet_flag(ctx))
+    except DataError as exc:
+        if getattr(exc, "result", None) is None:
+            raise
+        _render_infer(exc.result, out, as_json)  # --strict: the good files are still reported
+        raise
+    _render_infer(result, out, as_json)
 
-        images, remote = artifact, RemoteRunner(server, model)
-        outputs_safe({"IMAGES": images}, {"--out": out})
-    else:
-        if images is None:
-            raise click.UsageError("Missing argument 'IMAGES' (or give only IMAGES with --server URL).")
-        if artifact.is_dir():
-            raise click.BadParameter(f"{artifact} is a folder; ARTIFACT is a built artifact or an ONNX file",
-                                     param_hint="'ARTIFACT'")
-        outputs_safe({**artifact_inputs(artifact), "IMAGES": images}, {"--out": out})
-    result = infer_folder(server or artifact, images, batch=batch, top_k=top_k, workers=workers, threads=threads,
-                          quiet=quiet_flag(ctx), runner=remote)
-    if out is not None:
-        result.write(out)
+
+def _render_infer(result: Any, out: Path | None, as_json: bool) -> None:
+    from edgeres.inference import predictions_table, summary_table
+
     if as_json:
         echo_json(result.to_dict())
     else:
@@ -617,9 +567,6 @@ def infer(ctx: click.Context, artifact: Path, images: Path | None, server: str |
         click.echo(summary_table(result))
         if out is not None:
             click.echo(f"wrote {out}")
-    if strict and result.skipped:
-        first = result.skipped[0]
-        raise DataError(f"{len(result.skipped)} file(s) skipped (--strict), first {first.path}: {first.reason}")
 
 
 @cli.command("compare")
@@ -638,27 +585,6 @@ def compare_results(results: tuple[Path, ...], as_json: bool) -> None:
 
 
 # --- serve commands (issue 14) ---
-def _bench_server(ctx: click.Context, artifact: Path | None, server: str, model: str | None, concurrency: str,
-                  batches: str, warmup: float, duration: float, iterations: int | None, out: Path | None,
-                  plot: Path | None, report: Path | None) -> None:
-    from edgeres.serve.client import bench_server, server_bench_table
-
-    if artifact is not None:
-        raise click.UsageError("give ARTIFACT or --server URL, not both")
-    if plot is not None or report is not None:
-        raise click.UsageError("--plot and --report apply to a local bench; with --server use --out")
-    try:
-        batch = int(batches) if ctx.get_parameter_source("batches").name == "COMMANDLINE" else 1
-    except ValueError:
-        raise click.BadParameter(f"with --server give one batch size, got {batches!r}", param_hint="--batch") from None
-    outputs_safe({}, {"--out": out})
-    result = bench_server(server, model=model, concurrency=concurrency, batch=batch,
-                          duration_s=None if iterations else duration, requests=iterations, warmup_s=warmup)
-    click.echo(server_bench_table(result))
-    if out is not None:
-        click.echo(f"wrote {result.write_json(out)}")
-
-
 def _device_choices() -> list[str]:
     from edgeres.serve.repository import Device
 

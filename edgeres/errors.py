@@ -17,6 +17,13 @@ class InputError(EdgeresError):
     """Bad user input: a missing folder, an unreadable image, a wrong option value, a mismatched file."""
 
 
+class UsageError(InputError):
+    """Options that contradict each other or have the wrong form (exit status 2, as for a command-line usage
+    error): an artifact and a server both, a plot not ending in .png, a folder where a file belongs."""
+
+    exit_code = 2
+
+
 class DataError(InputError):
     """An image or dataset that cannot be used (empty class folder, corrupt image, decompression bomb)."""
 

@@ -307,6 +307,17 @@ class _Pipeline:
         return InferResult(self.predictions, self.skipped, summary, latency)
 
 
+def raise_if_skipped(result: InferResult) -> None:
+    """``--strict``: raise :class:`DataError` naming the first skipped file when any file was skipped; the
+    result rides on the error as ``.result`` (so a caller can still report the good files)."""
+    if result.skipped:
+        first = result.skipped[0]
+        err = DataError(f"{len(result.skipped)} unreadable image(s) (remove or fix them) skipped (--strict), first "
+                        f"{first.path}: {first.reason}")
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, computed stably (max subtracted) in the input's float type."""
     z = logits - logits.max(axis=1, keepdims=True)
