@@ -241,3 +241,14 @@ def test_unreadable_images_are_skipped_or_refused(tmp_path: Path, caplog: pytest
 def test_seeded_noise_refuses_no_inputs() -> None:
     with pytest.raises(InputError, match="at least one input, got 0"):
         seeded_noise(PRE, 0)
+
+
+def test_the_module_imports_numpy_only() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeres.comparison; print(','.join(m for m in ('torch', 'onnxruntime', 'onnx', 'PIL') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == ""
