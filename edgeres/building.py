@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeres.backends import (BackendName, BatchProfile, Precision, Sidecar, artifact_suffix, choose_backend,
-                              sidecar_path)
+from edgeres.backends import (BackendName, BatchProfile, Precision, Sidecar, TensorRTOptions, artifact_suffix,
+                              choose_backend, sidecar_path)
 from edgeres.card import ModelCard
 from edgeres.errors import InputError, ModelError
 
@@ -91,7 +91,7 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
                    out_dir: str | os.PathLike[str] | None = None, force: bool = False, threads: int | None = None,
                    verify_images: int = VERIFY_IMAGES, quiet: bool = False, max_drop: float | None = None,
                    eval_data: str | os.PathLike[str] | None = None, exclude_layers: Sequence[str] = (),
-                   equalize: bool = False, **backend_options: Any) -> BuildResult:
+                   equalize: bool = False, tensorrt: TensorRTOptions = TensorRTOptions()) -> BuildResult:
     """Build an artifact for ``backend`` at ``precision`` and verify it against the FP32 ONNX.
 
     Args:
@@ -112,8 +112,8 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
         eval_data: labelled held-out images for ``max_drop`` (default: the card's validation set).
         exclude_layers: int8: node names always left in float.
         equalize: int8: cross-layer range equalisation before calibration.
-        **backend_options: passed to TensorRT (int8_mode, workspace_mb, timing_cache, opt_level, dla_core,
-            version_compatible).
+        tensorrt: how TensorRT builds the engine (int8 mode, workspace, timing cache, optimisation level, DLA core,
+            version compatibility, the int8 float layers' precision, TF32); ONNX Runtime ignores them.
 
     Returns:
         The artifact, the chosen backend and why, the ranges used and the verification numbers.
@@ -139,7 +139,7 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
                                  calib_dir=calib_dir, calib_method=calib_method, calib_images=calib_images,
                                  profile=profile, out_dir=out_dir, force=force, threads=threads,
                                  verify_images=verify_images, quiet=quiet, start=start,
-                                 mixed=mixed, **backend_options)
+                                 mixed=mixed, tensorrt=tensorrt)
     finally:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed build leaves no empty --out folder behind
@@ -148,14 +148,14 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
 def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, chosen: BackendName, reason: str,
                   calib_dir: Any, calib_method: str, calib_images: int, profile: BatchProfile, out_dir: Path,
                   force: bool, threads: int | None, verify_images: int, quiet: bool, start: float,
-                  mixed: _MixedPrecision, **backend_options: Any) -> BuildResult:
+                  mixed: _MixedPrecision, tensorrt: TensorRTOptions) -> BuildResult:
     from edgeres import backends
     from edgeres.backends import read_sidecar_for
     from edgeres.io import refuse_overwriting_inputs
 
     refuse_overwriting_inputs({"MODEL": model_path, "--calib": calib_dir},
                               {"the artifact": artifact, "its sidecar": sidecar_path(artifact),
-                               "--timing-cache": backend_options.get("timing_cache")})
+                               "--timing-cache": tensorrt.timing_cache})
     if artifact.exists() and not _made_by_edgeres(artifact):
         raise InputError(f"{artifact} exists and is not an edgeres artifact (no {sidecar_path(artifact).name}); "
                          "move it, or build into another folder with --out")
@@ -165,6 +165,7 @@ def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, cho
     card = _servable_card(onnx_path, profile)
     ranges = ranges_path = reused = None
     provenance: dict[str, Any] = {}
+    keep: list[str] = []
     if precision is Precision.INT8:
         exclude = mixed.layers(onnx_path)
         ranges, ranges_path, reused = _ranges_for(onnx_path, card, calib_dir=calib_dir, method=calib_method,
@@ -174,10 +175,9 @@ def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, cho
                       "model_sha256": ranges.model_sha256, "manifest_sha256": ranges.manifest_sha256,
                       "ranges_reused": reused, "equalized": mixed.equalize}
         keep = mixed.plan(onnx_path, ranges, exclude, quiet=quiet, provenance=provenance)
-        if keep:
-            backend_options["keep_fp32"] = keep
     backends.build(onnx_path, backend=chosen, precision=precision, out=artifact, profile=profile, ranges=ranges,
-                   int8_provenance=provenance, threads=threads, progress=not quiet, **backend_options)
+                   int8_provenance=provenance, threads=threads, progress=not quiet, tensorrt=tensorrt,
+                   keep_fp32=keep)
     result = BuildResult(artifact=artifact, sidecar=read_sidecar_for(artifact), backend=chosen.value,
                          backend_reason=reason, precision=precision.value, onnx=onnx_path, exported=exported,
                          ranges=ranges_path, ranges_reused=reused)

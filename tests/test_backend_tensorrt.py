@@ -4,6 +4,7 @@ in batches incl. a partial one, stage times; and what must differ between the ve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import struct
 import threading
@@ -20,6 +21,7 @@ from trt_double import VERSIONS, FakeDevice, FakeGpu, install, version_int
 
 from edgeres.backends import tensorrt as trt_backend
 from edgeres.backends.base import BatchProfile, Precision, read_sidecar_for
+from edgeres.backends.options import TensorRTOptions
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
 from edgeres.io import sha256_file
@@ -93,10 +95,14 @@ def _engine_header(path: Path) -> dict:
     return json.loads(data[12:12 + n])
 
 
-def _build(src: Path, tmp_path: Path, card: ModelCard, precision: Precision, **kw):
+def _build(src: Path, tmp_path: Path, card: ModelCard, precision: Precision, *, calibration_cache=None,
+           calibration_data=None, **options):
+    """build_engine with ``options`` (TensorRTOptions fields) made into the options object on the way."""
     out = tmp_path / f"m.{precision.value}.engine"
     sidecar = trt_backend.build_engine(src, out=out, precision=precision, card=card,
-                                       source_onnx_sha256=sha256_file(src), profile=PROFILE, progress=False, **kw)
+                                       source_onnx_sha256=sha256_file(src), profile=PROFILE, progress=False,
+                                       options=TensorRTOptions(**options), calibration_cache=calibration_cache,
+                                       calibration_data=calibration_data)
     return out, sidecar
 
 
@@ -460,12 +466,12 @@ def test_dispatcher_build_and_open_int8(double, fp32_onnx, tmp_path, card, int8_
     out = tmp_path / "tiny.int8.engine"
     if int8_mode == "implicit" and double.version == "11.4.0":
         with pytest.raises(InputError, match="removed in TensorRT 11"):
-            backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, int8_mode=int8_mode,
-                           profile=PROFILE, progress=False)
+            backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges,
+                           tensorrt=TensorRTOptions(int8_mode=int8_mode), profile=PROFILE, progress=False)
         assert not out.exists()
         return
-    backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, int8_mode=int8_mode,
-                   profile=PROFILE, progress=False)
+    backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges,
+                   tensorrt=TensorRTOptions(int8_mode=int8_mode), profile=PROFILE, progress=False)
     sidecar = read_sidecar_for(out)
     assert sidecar.int8["mode"] == int8_mode and sidecar.fingerprint["tensorrt"] == trt_backend.trt_version()
     with backends.open(out) as runner:
@@ -656,7 +662,7 @@ def test_dla_needs_a_static_batch_and_its_core_is_set_at_load(monkeypatch, fp32_
         out = tmp_path / f"dla.{version}.engine"
         sidecar = trt_backend.build_engine(fp32_onnx, out=out, precision=Precision.FP16, card=card,
                                            source_onnx_sha256=sha256_file(fp32_onnx), profile=BatchProfile(4, 4, 4),
-                                           progress=False, dla_core=1)
+                                           progress=False, options=TensorRTOptions(dla_core=1))
         header = _engine_header(out)
         layers = sidecar.options["dla_layers"]
         assert header["dla_layers"] == layers["dla"] > 0 and layers["gpu"] > 0, version  # Gemm etc. fall back
@@ -705,7 +711,7 @@ def test_dispatcher_passes_high_precision_and_tf32(monkeypatch, fp32_onnx, tmp_p
     src, ranges = _carded_with_ranges(fp32_onnx, tmp_path, card)
     out = tmp_path / "tiny.int8.engine"
     backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, profile=PROFILE,
-                   high_precision="fp32", tf32=False, progress=False)
+                   tensorrt=TensorRTOptions(high_precision="fp32", tf32=False), progress=False)
     sidecar = read_sidecar_for(out)
     kept = onnx.load(str(out.with_name(sidecar.int8["qdq_onnx"])))
     assert {i.data_type for i in kept.graph.initializer if i.name.endswith("scale")} == {onnx.TensorProto.FLOAT}
@@ -795,3 +801,27 @@ def test_engine_and_sidecar_are_one_unit(double, fp32_onnx, tmp_path, card) -> N
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"], "nothing left behind"
     out, sidecar = _build(fp32_onnx, tmp_path, card, Precision.FP32)
     assert read_sidecar_for(out).artifact_sha256 == sha256_file(out) == sidecar.artifact_sha256
+
+
+def test_the_sidecar_records_the_options_object_and_gives_it_back(double, fp32_onnx, tmp_path, card) -> None:
+    """What `edgeres build` was asked for is in the engine's sidecar (``TensorRTOptions.to_dict``) and reads back
+    as the same options; a float engine records the int8-only ones as null."""
+    from edgeres import backends
+
+    src, ranges = _carded_with_ranges(fp32_onnx, tmp_path, card)
+    compatible = not double.version.startswith("8.5")  # no version compatibility before 8.6
+    options = TensorRTOptions(workspace_mb=128, timing_cache=tmp_path / "t.cache", version_compatible=compatible,
+                              high_precision="fp32", tf32=False)
+    out = tmp_path / "tiny.int8.engine"
+    backends.build(src, backend="tensorrt", precision="int8", out=out, ranges=ranges, profile=PROFILE,
+                   tensorrt=options, progress=False)
+    recorded = read_sidecar_for(out).options
+    assert {k: recorded[k] for k in options.to_dict()} == options.to_dict()
+    assert TensorRTOptions.from_dict(recorded) == options
+    assert _engine_header(out)["workspace"] == 128 << 20
+    fp32 = tmp_path / "tiny.fp32.engine"
+    backends.build(src, backend="tensorrt", precision="fp32", out=fp32, profile=PROFILE, tensorrt=options,
+                   progress=False)
+    recorded = read_sidecar_for(fp32).options
+    assert recorded["int8_mode"] is None and recorded["high_precision"] is None
+    assert TensorRTOptions.from_dict(recorded) == dataclasses.replace(options, high_precision="fp16")

@@ -181,6 +181,6 @@ def test_onnxruntime_names_every_tensorrt_option_it_ignores(tiny: Path, tmp_path
                                                             caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="edgeres.backends"):
         backends.build(tiny, backend="onnxruntime", precision="fp32", out=tmp_path / "t.fp32.onnx",
-                       dla_core=0, workspace_mb=1024)
+                       tensorrt=backends.TensorRTOptions(dla_core=0, workspace_mb=1024))
     warning = next(r.getMessage() for r in caplog.records if "ignores the TensorRT" in r.getMessage())
     assert "--dla-core" in warning and "--workspace" in warning  # DLA core 0 is a choice, not "unset"

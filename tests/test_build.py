@@ -208,3 +208,21 @@ def test_cli_build(world: dict[str, Path], tmp_path: Path) -> None:
     assert res.exit_code == 1 and "Error:" in res.output and "--calib DIR" in res.output
     res = runner.invoke(cli, ["-q", *args, "--force", "--batch", "4:2:8"])
     assert res.exit_code == 1 and "min <= opt <= max" in res.output
+
+
+def test_cli_build_hands_its_tensorrt_flags_over_as_one_options_object(world: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """`edgeres build`'s TensorRT flags arrive in the backend as TensorRTOptions: ONNX Runtime names each one it
+    ignores, and builds anyway."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    args = ["build", str(world["plain"]), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(tmp_path),
+            "--verify-images", "0"]
+    res = CliRunner().invoke(cli, [*args, "--workspace", "512", "--dla-core", "0", "--no-tf32",
+                                   "--int8-mode", "implicit", "--high-precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert ("ONNX Runtime ignores the TensorRT option(s) --workspace, --dla-core, --no-tf32, --int8-mode implicit"
+            in res.output)
+    assert (tmp_path / "plain.fp32.onnx").is_file()

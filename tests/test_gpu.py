@@ -126,6 +126,7 @@ def _reference(path: Path, batch: np.ndarray) -> np.ndarray:
 def test_real_build_open_infer(tiny, tmp_path: Path, precision: str, atol: float) -> None:
     from edgeres.backends import tensorrt as trt_backend
     from edgeres.backends.base import BatchProfile, Precision
+    from edgeres.backends.options import TensorRTOptions
     from edgeres.card import ModelCard, Preprocess
     from edgeres.io import sha256_file
 
@@ -135,7 +136,7 @@ def test_real_build_open_infer(tiny, tmp_path: Path, precision: str, atol: float
     out = tmp_path / f"tiny.{precision}.engine"
     sidecar = trt_backend.build_engine(src, out=out, precision=Precision(precision), card=card,
                                        source_onnx_sha256=sha256_file(fp32), profile=BatchProfile(1, 4, 8),
-                                       timing_cache=tmp_path / "timing.cache", progress=False)
+                                       options=TensorRTOptions(timing_cache=tmp_path / "timing.cache"), progress=False)
     assert sidecar.fingerprint["tensorrt"] == trt_backend.trt_version()
     batch = np.random.default_rng(0).standard_normal((11, 3, 32, 32)).astype(np.float32)
     with trt_backend.TensorRTRunner(out) as runner:
@@ -152,6 +153,7 @@ def test_real_implicit_int8_from_cache_or_refusal(tiny, tmp_path: Path) -> None:
     from calibration import trt_cache
     from edgeres.backends import tensorrt as trt_backend
     from edgeres.backends.base import BatchProfile, Precision
+    from edgeres.backends.options import TensorRTOptions
     from edgeres.card import ModelCard
     from edgeres.errors import InputError
     from edgeres.io import sha256_file
@@ -167,8 +169,8 @@ def test_real_implicit_int8_from_cache_or_refusal(tiny, tmp_path: Path) -> None:
     trt_cache.write(cache, amax, trt_version=trt_backend.trt_version(), algorithm="EntropyCalibration2")
     card = ModelCard(arch="tiny", class_names=[str(i) for i in range(10)])
     kwargs = dict(out=tmp_path / "tiny.int8i.engine", precision=Precision.INT8, card=card,
-                  source_onnx_sha256=sha256_file(fp32), profile=BatchProfile(1, 4, 8), int8_mode="implicit",
-                  calibration_cache=cache, progress=False)
+                  source_onnx_sha256=sha256_file(fp32), profile=BatchProfile(1, 4, 8),
+                  options=TensorRTOptions(int8_mode="implicit"), calibration_cache=cache, progress=False)
     if int(trt_backend.trt_version().split(".")[0]) >= 11:
         with pytest.raises(InputError, match="removed in TensorRT 11"):
             trt_backend.build_engine(fp32, **kwargs)
@@ -212,6 +214,7 @@ def test_real_device_calibration_with_batches_below_the_profile_opt(tiny, tmp_pa
     (edgeres pins a calibration profile of 3) instead of reading past the calibrator's buffer."""
     from edgeres.backends import tensorrt as trt_backend
     from edgeres.backends.base import BatchProfile, Precision
+    from edgeres.backends.options import TensorRTOptions
     from edgeres.card import ModelCard
     from edgeres.errors import InputError
     from edgeres.io import sha256_file
@@ -222,7 +225,8 @@ def test_real_device_calibration_with_batches_below_the_profile_opt(tiny, tmp_pa
         rng.standard_normal((1, 3, 32, 32)).astype(np.float32)]
     kwargs = dict(out=tmp_path / "tiny.cal.engine", precision=Precision.INT8,
                   card=ModelCard("tiny", [str(i) for i in range(10)]), source_onnx_sha256=sha256_file(fp32),
-                  profile=BatchProfile(1, 4, 8), int8_mode="implicit", calibration_cache=tmp_path / "cal.cache",
+                  profile=BatchProfile(1, 4, 8), options=TensorRTOptions(int8_mode="implicit"),
+                  calibration_cache=tmp_path / "cal.cache",
                   calibration_data=data, progress=False)
     if int(trt_backend.trt_version().split(".")[0]) >= 11:
         with pytest.raises(InputError, match="removed in TensorRT 11"):

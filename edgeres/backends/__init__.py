@@ -19,13 +19,14 @@ from edgeres.backends.base import (
     BackendName, BatchProfile, Precision, Runner, Sidecar, StageTimes, read_sidecar_for, sidecar_path,
     write_sidecar,
 )
+from edgeres.backends.options import TensorRTOptions
 from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
 from edgeres.io import sha256_file
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BackendName", "BatchProfile", "Precision", "Runner", "Sidecar", "StageTimes", "artifact_suffix",
+    "BackendName", "BatchProfile", "Precision", "Runner", "Sidecar", "StageTimes", "TensorRTOptions", "artifact_suffix",
     "build", "choose_backend", "open", "read_sidecar_for", "sidecar_path", "write_sidecar",
 ]
 
@@ -87,9 +88,7 @@ def artifact_suffix(backend: BackendName | str) -> str:
 def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUTO, precision: Precision | str,
           out: str | Path, profile: BatchProfile = BatchProfile(), ranges: Any = None,
           int8_provenance: dict[str, Any] | None = None, threads: int | None = None,
-          int8_mode: str = "explicit", workspace_mb: int | None = None, timing_cache: str | Path | None = None,
-          opt_level: int | None = None, dla_core: int | None = None, version_compatible: bool = False,
-          high_precision: str = "fp16", tf32: bool = True, keep_fp32: Sequence[str] = (),
+          tensorrt: TensorRTOptions = TensorRTOptions(), keep_fp32: Sequence[str] = (),
           progress: bool = True) -> Path:
     """Build an artifact (engine or ONNX) plus its sidecar from an FP32 ONNX that carries the model card.
 
@@ -102,11 +101,10 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
         ranges: calibration ranges (``calibration.ranges.Ranges``); required for int8.
         int8_provenance: recorded in the sidecar's ``int8`` section (ranges file, method, images, hashes).
         threads: ONNX Runtime intra-op threads recorded as the runner default.
-        int8_mode, workspace_mb, timing_cache, opt_level, dla_core, version_compatible, progress: TensorRT only.
-        high_precision: TensorRT int8: the precision of the unquantized layers, "fp16" (default) or "fp32".
-        tf32: TensorRT: False clears TF32 for strict FP32 layers.
+        tensorrt: how TensorRT builds the engine (ONNX Runtime ignores them, with a warning).
         keep_fp32: int8: node names left without Q/DQ (in float: FP32 on ONNX Runtime, ``high_precision`` on
             TensorRT, held there by precision constraints on weakly typed builds).
+        progress: TensorRT: show build progress.
 
     Returns:
         The artifact path.
@@ -128,10 +126,7 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
     if chosen is BackendName.ONNXRUNTIME:
         from edgeres.backends import onnxruntime as ort_backend
 
-        ignored = [name for name, value in (("--workspace", workspace_mb), ("--timing-cache", timing_cache),
-                                            ("--opt-level", opt_level), ("--dla-core", dla_core is not None),
-                                            ("--version-compatible", version_compatible), ("--no-tf32", not tf32),
-                                            ("--int8-mode implicit", int8_mode == "implicit")) if value]
+        ignored = tensorrt.flags_set()
         if ignored:
             log.warning("ONNX Runtime ignores the TensorRT option(s) %s", ", ".join(ignored))
 
@@ -140,55 +135,59 @@ def build(onnx_path: str | Path, *, backend: BackendName | str = BackendName.AUT
                           keep_fp32=keep_fp32)
         return out
     return _build_tensorrt(src, precision=precision, out=out, card=card, source_sha=source_sha, profile=profile,
-                           ranges=ranges, int8_provenance=int8_provenance or {}, int8_mode=int8_mode,
-                           workspace_mb=workspace_mb, timing_cache=timing_cache, opt_level=opt_level,
-                           dla_core=dla_core, version_compatible=version_compatible, high_precision=high_precision,
-                           tf32=tf32, keep_fp32=tuple(keep_fp32), progress=progress)
+                           ranges=ranges, int8_provenance=int8_provenance or {}, options=tensorrt,
+                           keep_fp32=tuple(keep_fp32), progress=progress)
 
 
 def _build_tensorrt(src: Path, *, precision: Precision, out: Path, card: Any, source_sha: str,
-                    profile: BatchProfile, ranges: Any, int8_provenance: dict[str, Any], int8_mode: str,
-                    keep_fp32: tuple[str, ...] = (), **options: Any) -> Path:
+                    profile: BatchProfile, ranges: Any, int8_provenance: dict[str, Any], options: TensorRTOptions,
+                    keep_fp32: tuple[str, ...] = (), progress: bool = True) -> Path:
     trt = _tensorrt()
     onnx_for_trt, cache = src, None
     int8: dict[str, Any] = {}
-    if precision is Precision.INT8:
-        if int8_mode == "explicit":
-            from edgeres.quantization import quantize_qdq
-
-            # the signed Q/DQ model TensorRT gets is kept beside the engine: its CPU accuracy predicts the engine's
-            onnx_for_trt = out.with_name(out.stem + ".qdq.onnx")
-            if options.get("high_precision", "fp16") == "fp16" and trt.qdq_builds_strongly_typed():
-                import tempfile
-
-                from edgeres.quantization import to_fp16
-
-                # strongly typed TensorRT takes the unquantized part's precision from the ONNX: the kept Q/DQ
-                # model is exactly what TensorRT parses, so its CPU accuracy still predicts the engine's
-                with tempfile.TemporaryDirectory(prefix="edgeres-qdq-") as tmp:
-                    staged = Path(tmp) / "fp32-rest.qdq.onnx"
-                    quantize_qdq(src, ranges, out=staged, activations="s8", keep_fp32=keep_fp32)
-                    to_fp16(staged, onnx_for_trt)
-            else:
-                quantize_qdq(src, ranges, out=onnx_for_trt, activations="s8", keep_fp32=keep_fp32)
-            int8 = {"mode": "explicit", "activations": "s8", "qdq_onnx": onnx_for_trt.name,
-                    "qdq_onnx_sha256": sha256_file(onnx_for_trt)}
-        elif int8_mode == "implicit":
-            from calibration import trt_cache
-
-            algorithm = trt_cache.algorithm_for(getattr(ranges, "method", ""))
-            cache = out.with_name(out.stem + ".cache")
-            trt_cache.write(cache, ranges, trt_version=trt.trt_version(), algorithm=algorithm)
-            int8 = {"mode": "implicit", "cache": cache.name, "cache_sha256": sha256_file(cache),
-                    "algorithm": algorithm}
-        else:
-            raise InputError(f"--int8-mode must be explicit or implicit, got {int8_mode!r}")
+    if precision is Precision.INT8 and options.int8_mode == "explicit":
+        onnx_for_trt = out.with_name(out.stem + ".qdq.onnx")
+        int8 = _write_qdq_for_tensorrt(trt, src, ranges, onnx_for_trt, options=options, keep_fp32=keep_fp32)
+    elif precision is Precision.INT8:
+        cache = out.with_name(out.stem + ".cache")
+        int8 = _write_trt_cache(trt, ranges, cache)
     trt.build_engine(
         onnx_for_trt, out=out, precision=precision, card=card, source_onnx_sha256=source_sha, profile=profile,
-        int8_mode=int8_mode, calibration_cache=cache, keep_float_layers=keep_fp32,
-        int8_provenance={**int8, **int8_provenance}, **options,
+        options=options, calibration_cache=cache, keep_float_layers=keep_fp32,
+        int8_provenance={**int8, **int8_provenance}, progress=progress,
     )
     return out
+
+
+def _write_qdq_for_tensorrt(trt: ModuleType, src: Path, ranges: Any, out: Path, *, options: TensorRTOptions,
+                            keep_fp32: tuple[str, ...]) -> dict[str, Any]:
+    """Explicit INT8: the signed Q/DQ model TensorRT gets, kept beside the engine (its CPU accuracy predicts the
+    engine's); returns the sidecar's int8 provenance of it."""
+    from edgeres.quantization import quantize_qdq
+
+    if options.high_precision == "fp16" and trt.qdq_builds_strongly_typed():
+        import tempfile
+
+        from edgeres.quantization import to_fp16
+
+        # strongly typed TensorRT takes the unquantized part's precision from the ONNX: the kept Q/DQ
+        # model is exactly what TensorRT parses, so its CPU accuracy still predicts the engine's
+        with tempfile.TemporaryDirectory(prefix="edgeres-qdq-") as tmp:
+            staged = Path(tmp) / "fp32-rest.qdq.onnx"
+            quantize_qdq(src, ranges, out=staged, activations="s8", keep_fp32=keep_fp32)
+            to_fp16(staged, out)
+    else:
+        quantize_qdq(src, ranges, out=out, activations="s8", keep_fp32=keep_fp32)
+    return {"mode": "explicit", "activations": "s8", "qdq_onnx": out.name, "qdq_onnx_sha256": sha256_file(out)}
+
+
+def _write_trt_cache(trt: ModuleType, ranges: Any, cache: Path) -> dict[str, Any]:
+    """Implicit INT8: the ranges as the calibration cache of the calibrator TensorRT would have used."""
+    from calibration import trt_cache
+
+    algorithm = trt_cache.algorithm_for(getattr(ranges, "method", ""))
+    trt_cache.write(cache, ranges, trt_version=trt.trt_version(), algorithm=algorithm)
+    return {"mode": "implicit", "cache": cache.name, "cache_sha256": sha256_file(cache), "algorithm": algorithm}
 
 
 def _plain_onnx_runner(path: Path, opts: dict[str, Any]) -> Runner:

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgeres.backends import cuda as cu
 from edgeres.backends.base import BatchProfile, Precision
+from edgeres.backends.options import TensorRTOptions
 from edgeres.backends.tensorrt._lib import Features
 from edgeres.backends.tensorrt.calibrators import _attach_calibrator, _DeviceCalibration
 from edgeres.backends.tensorrt.network import _NetworkHolder
@@ -20,47 +21,33 @@ log = logging.getLogger(__name__)
 JETSON_WORKSPACE_SHARE = 0.5  # default workspace on Jetson: this share of available memory (shared with the CPU)
 
 def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, feat: Features, *,
-               precision: Precision, int8_mode: str, calibration_cache: Path | None, profile: BatchProfile,
-               workspace_mb: int | None, opt_level: int | None, dla_core: int | None, version_compatible: bool,
-               tf32: bool, high_precision: str, integrated: bool, calibration_data: Iterable[np.ndarray] | None,
-               ctx: cu.CudaContext, keep_float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
+               precision: Precision, options: TensorRTOptions, calibration_cache: Path | None, profile: BatchProfile,
+               integrated: bool, calibration_data: Iterable[np.ndarray] | None, ctx: cu.CudaContext,
+               keep_float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
     network = net.network
     calibrator = device_calibration = None
     strongly = feat.always_strongly_typed or bool(feat.strongly_typed is not None and net.flags
                                                   & (1 << int(feat.strongly_typed)))
     _add_profile(builder, network, config, profile)
     if not strongly:  # 8.5-10.x weakly typed networks: precision comes from flags
-        if precision is Precision.FP16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif precision is Precision.INT8:
-            config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ on 8.x needs it too
-            if high_precision == "fp16":  # layers without INT8 kernels/scales fall back to FP16, not FP32
-                config.set_flag(trt.BuilderFlag.FP16)
-            if keep_float_layers:
-                _pin_float_layers(trt, network, config, keep_float_layers, high_precision)
-            if int8_mode == "implicit":
-                if calibration_data is not None:
-                    device_calibration = _DeviceCalibration(trt, ctx, calibration_data)
-                    device_calibration.pin_profile(builder, network, config)
-                    calibrator = device_calibration.calibrator
-                    config.int8_calibrator = calibrator
-                else:
-                    calibrator = _attach_calibrator(trt, config, calibration_cache)
+        calibrator, device_calibration = _set_precision_flags(
+            trt, builder, network, config, precision=precision, options=options, keep_float_layers=keep_float_layers,
+            calibration_cache=calibration_cache, calibration_data=calibration_data, ctx=ctx)
+    workspace_mb = options.workspace_mb
     if workspace_mb is None and integrated:
         workspace_mb = _jetson_workspace_mb()
     if workspace_mb is not None:
-        if workspace_mb <= 0:
-            raise InputError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if opt_level is not None:
-        _set_opt_level(trt, config, feat, opt_level)
-    dla_layers = _use_dla(trt, builder, network, config, dla_core, precision, profile) if dla_core is not None else None
-    if version_compatible:
+    if options.opt_level is not None:
+        _set_opt_level(trt, config, feat, options.opt_level)
+    dla_layers = (_use_dla(trt, builder, network, config, options.dla_core, precision, profile)
+                  if options.dla_core is not None else None)
+    if options.version_compatible:
         if not hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):  # 8.6+
             raise InputError(f"--version-compatible needs TensorRT 8.6 or newer (installed: {trt.__version__})")
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     tf32_flag = getattr(trt.BuilderFlag, "TF32", None)  # on by default: FP32 layers may run as TF32 on Ampere+
-    if tf32_flag is not None and not tf32:
+    if tf32_flag is not None and not options.tf32:
         config.clear_flag(tf32_flag)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the engine inspector
     builder_flags = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
@@ -70,6 +57,31 @@ def _configure(trt: ModuleType, builder: Any, net: _NetworkHolder, config: Any, 
     return {"builder": builder_flags, "network": network_flags, "strongly_typed": strongly, "calibrator": calibrator,
             "device_calibration": device_calibration, "dla_layers": dla_layers,
             "tf32": bool(tf32_flag is not None and config.get_flag(tf32_flag))}
+
+
+def _set_precision_flags(trt: ModuleType, builder: Any, network: Any, config: Any, *, precision: Precision,
+                         options: TensorRTOptions, keep_float_layers: tuple[str, ...],
+                         calibration_cache: Path | None, calibration_data: Iterable[np.ndarray] | None,
+                         ctx: cu.CudaContext) -> tuple[Any, _DeviceCalibration | None]:
+    """Weakly typed networks (8.5-10.x): the precision flags, float layers pinned, and for implicit INT8 the
+    calibrator (from the cache, or calibrating on the device); returns the calibrator and the device calibration."""
+    if precision is Precision.FP16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision is not Precision.INT8:
+        return None, None
+    config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ on 8.x needs it too
+    if options.high_precision == "fp16":  # layers without INT8 kernels/scales fall back to FP16, not FP32
+        config.set_flag(trt.BuilderFlag.FP16)
+    if keep_float_layers:
+        _pin_float_layers(trt, network, config, keep_float_layers, options.high_precision)
+    if options.int8_mode != "implicit":
+        return None, None
+    if calibration_data is None:
+        return _attach_calibrator(trt, config, calibration_cache), None
+    device_calibration = _DeviceCalibration(trt, ctx, calibration_data)
+    device_calibration.pin_profile(builder, network, config)
+    config.int8_calibrator = device_calibration.calibrator
+    return device_calibration.calibrator, device_calibration
 
 
 def _pin_float_layers(trt: ModuleType, network: Any, config: Any, names: tuple[str, ...], high_precision: str) -> None:
@@ -89,8 +101,6 @@ def _pin_float_layers(trt: ModuleType, network: Any, config: Any, names: tuple[s
 
 
 def _set_opt_level(trt: ModuleType, config: Any, feat: Features, opt_level: int) -> None:
-    if not 0 <= opt_level <= 5:
-        raise InputError(f"--opt-level must be 0..5, got {opt_level}")
     if not feat.optimization_level:  # 8.5.x (JetPack 5.1) has no builder optimization level
         raise InputError(f"--opt-level needs TensorRT 8.6 or newer (installed: {trt.__version__}, as on JetPack "
                          f"5.1); drop --opt-level")
