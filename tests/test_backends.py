@@ -10,13 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import make_tiny_onnx
 from edgeres import backends
 from edgeres.backends import BackendName, BatchProfile, Precision, Sidecar, sidecar_path
 from edgeres.backends.onnxruntime import OnnxRuntimeRunner, physical_cores, session_options
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
 from edgeres.io import sha256_file
+from helpers.models import make_tiny_onnx
 
 
 @pytest.fixture(scope="module")

@@ -1,123 +1,26 @@
 """edgeres.bench: timing loops, trtexec's definitions, profile limits, stage split, preprocessing, JSON, CLI.
 
-The tiny models here are real ONNX files (GlobalAveragePool -> Gemm) that ONNX Runtime runs in microseconds;
-:func:`colour_model` classifies red/green/blue images by their dominant channel, so accuracy is exact and a
-permuted weight matrix is a "worse model". Other test files import these helpers.
+The tiny models here are real ONNX files (``helpers.colour``: GlobalAveragePool -> Gemm) that ONNX Runtime runs in
+microseconds; latency is injected with ``helpers.runners.SleepRunner`` on the ``virtual_clock`` fixture.
 """
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
-from edgeres.backends.base import BatchProfile, StageTimes
+from edgeres.backends.base import BatchProfile
 from edgeres.benchmarking import (
     BenchResult, bench, describe_artifact, load_result, parse_batches, parse_duration, time_calls, time_preprocess,
 )
-from edgeres.card import ModelCard, Preprocess, attach_card_to_onnx
+from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import InputError
-
-CLASSES = ["blue", "green", "red"]  # scan order (sorted); channel of each class in RGB: 2, 1, 0
-GOOD_W = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32)  # W[channel, class]
-WORSE_W = np.eye(3, dtype=np.float32)  # red and blue swapped: only green stays right
-
-
-def colour_model(path: Path, *, weights: np.ndarray = GOOD_W, size: int = 16, batch: int | str = "N",
-                 dataset: dict | None = None) -> Path:
-    """A real ONNX classifier of dominant colour, with the edgeres card attached."""
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "W", "b"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "colour", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
-        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.zeros(3, np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    card = ModelCard(arch="colour", class_names=list(CLASSES), preprocess=Preprocess.small(size=size),
-                     dataset=dataset or {})
-    attach_card_to_onnx(model, card)
-    onnx.save(model, str(path))
-    return path
-
-
-def colour_images(root: Path, *, per_class: int = 4, size: int = 20, seed: int = 0) -> Path:
-    """``root/{red,green,blue}/*.png`` whose named channel dominates."""
-    rng = np.random.default_rng(seed)
-    for name, channel in (("red", 0), ("green", 1), ("blue", 2)):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
-            pixels[..., channel] = rng.integers(150, 256, (size, size))
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
-class VirtualClock:
-    """A clock that only moves when a runner says so: swapped in for the timing loops' clock, it makes latency
-    verdicts deterministic on a loaded machine."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class SleepRunner:
-    """A runner whose every call takes ``ms`` (plus ``extra_ms``): latency injection without a model.
-
-    With a :class:`VirtualClock` it advances that clock instead of sleeping, by ``ms`` times a seeded lognormal
-    jitter of relative spread ``jitter``.
-    """
-
-    backend = "onnxruntime"
-    precision = "fp32"
-
-    def __init__(self, card: ModelCard, *, ms: float, extra_ms: float = 0.0,
-                 profile: BatchProfile = BatchProfile(1, 8, 32), stages: bool = False,
-                 clock: VirtualClock | None = None, jitter: float = 0.0, seed: int = 0) -> None:
-        self.card, self.ms, self.extra_ms, self.profile, self.stages = card, ms, extra_ms, profile, stages
-        self.clock, self.jitter, self.rng = clock, jitter, np.random.default_rng(seed)
-        self.last_stage_times: StageTimes | None = None
-        self.calls = 0
-
-    def __enter__(self) -> SleepRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        ms = self.ms + self.extra_ms
-        if self.clock is None:
-            time.sleep(ms / 1e3)
-        else:
-            self.clock.now += ms * float(self.rng.lognormal(0.0, self.jitter)) / 1e3
-        self.calls += 1
-        if self.stages:  # a GPU-like split with fixed, known stage times
-            self.last_stage_times = StageTimes(compute_ms=1.0, h2d_ms=0.25, d2h_ms=0.125, total_ms=1.375)
-        return np.zeros((batch.shape[0], self.card.num_classes), np.float32)
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
-    import edgeres.benchmarking
-
-    clock = VirtualClock()
-    monkeypatch.setattr(edgeres.benchmarking, "_clock", clock)
-    return clock
+from helpers.clocks import VirtualClock
+from helpers.colour import CLASSES, colour_images, colour_model
+from helpers.runners import SleepRunner
 
 
 @pytest.fixture

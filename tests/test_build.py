@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import export_tiny, tiny_resnet20
 from edgeres.backends import BatchProfile, sidecar_path
 from edgeres.building import build_artifact, build_table
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import InputError
+from helpers.models import export_tiny, tiny_resnet20
 
 CLASSES = [f"c{i}" for i in range(4)]
 

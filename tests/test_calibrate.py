@@ -12,13 +12,13 @@ from PIL import Image
 
 from calibration import Ranges, trt_cache
 from cli import cli
-from conftest import export_tiny, tiny_resnet20
 from edgeres.calibrating import calibrate
 from edgeres.ranges import load_ranges_for
 from edgeres.card import ModelCard, Preprocess, card_from_onnx
 from edgeres.errors import DataError, InputError
 from edgeres.io import sha256_file
 from edgeres.quantization import fold_batchnorm, tensors_to_observe
+from helpers.models import export_tiny, tiny_resnet20
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from edgeres.card import ModelCard, Preprocess
 from edgeres.checking import BaselineMismatch, GateInputError, LatencyPlan, Tolerances, check, load_baseline
 from edgeres.stats import Verdict
-from test_bench import (  # noqa: F401 - virtual_clock is a fixture
-    CLASSES, WORSE_W, SleepRunner, VirtualClock, colour_images, colour_model, virtual_clock,
-)
+from helpers.clocks import VirtualClock
+from helpers.colour import CLASSES, WORSE_W, colour_images, colour_model
+from helpers.runners import SleepRunner
 
 FAST = {"plan": LatencyPlan(trials=5, trial_iterations=20, warmup_s=0.0), "quiet": True}
 

@@ -8,25 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from cli import cli
-from conftest import copy_digits_slice
 from edgeres import exporting as export_mod
 from edgeres.errors import InputError
+from helpers.cli import invoke
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
-
-
-@pytest.fixture(scope="module")
-def small_slice(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 train and 3 val images per class of the real digits set."""
-    return copy_digits_slice(digits_dir, tmp_path_factory.mktemp("cli-small") / "digits", train_per_class=5,
-                             val_per_class=3)
-
-
-def invoke(*args: object, catch_exceptions: bool = True) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
 
 def assert_one_line_error(result: Result, *needles: str, exit_code: int = 1) -> str:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_CLASSES, make_tiny_onnx
 from edgeres import backends
 from edgeres.backends import BatchProfile
 from edgeres.data import load_image
 from edgeres.errors import DataError, InputError
 from edgeres.inference import InferResult, infer_folder, predictions_table, softmax, summary_table
+from helpers.models import TINY_CLASSES, make_tiny_onnx
 
 CLASSES = TINY_CLASSES
 

@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 
 from calibration import make_collector
-from conftest import export_tiny, tiny_resnet20
 from edgeres.errors import InputError, ModelError
 from edgeres.observe import observe, observing_session
 from edgeres.quantization import fold_batchnorm, tensors_to_observe
+from helpers.models import export_tiny, tiny_resnet20
 
 SIZE = 16
 

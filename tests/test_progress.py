@@ -8,14 +8,7 @@ import pytest
 
 from edgeres import progress
 from edgeres.progress import Progress
-
-
-class Clock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
+from helpers.clocks import VirtualClock
 
 
 class TtyStream(io.StringIO):
@@ -24,13 +17,13 @@ class TtyStream(io.StringIO):
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
+    fake = VirtualClock(start=1000.0)
     monkeypatch.setattr(progress.time, "perf_counter", fake)
     return fake
 
 
-def test_final_line_to_a_log_stream_has_counts_rate_and_values(clock: Clock) -> None:
+def test_final_line_to_a_log_stream_has_counts_rate_and_values(clock: VirtualClock) -> None:
     stream = io.StringIO()
     with Progress(40, "epoch 1/3", unit="img", stream=stream) as bar:
         for _ in range(4):
@@ -44,7 +37,7 @@ def test_final_line_to_a_log_stream_has_counts_rate_and_values(clock: Clock) -> 
     assert len(lines) <= 2
 
 
-def test_log_stream_prints_again_after_the_interval(clock: Clock) -> None:
+def test_log_stream_prints_again_after_the_interval(clock: VirtualClock) -> None:
     stream = io.StringIO()
     bar = Progress(100, "calibrate", unit="img", stream=stream, log_interval_s=5.0)
     for _ in range(100):
@@ -59,7 +52,7 @@ def test_log_stream_prints_again_after_the_interval(clock: Clock) -> None:
     assert sum("100/100" in line for line in lines) == 1
 
 
-def test_partial_progress_and_unknown_total(clock: Clock) -> None:
+def test_partial_progress_and_unknown_total(clock: VirtualClock) -> None:
     stream = io.StringIO()
     with Progress(8, "load", unit="img", stream=stream) as bar:
         clock.now += 1.0
@@ -72,7 +65,7 @@ def test_partial_progress_and_unknown_total(clock: Clock) -> None:
     assert stream.getvalue().splitlines()[-1] == "bench 7 3.5 call/s 2.0s"
 
 
-def test_quiet_prints_nothing(clock: Clock) -> None:
+def test_quiet_prints_nothing(clock: VirtualClock) -> None:
     stream = io.StringIO()
     with Progress(10, "epoch", unit="img", stream=stream, quiet=True) as bar:
         for _ in range(10):
@@ -82,7 +75,7 @@ def test_quiet_prints_nothing(clock: Clock) -> None:
     assert bar.count == 10 and bar.rate == pytest.approx(0.1)
 
 
-def test_tty_redraws_one_line_and_ends_it(clock: Clock) -> None:
+def test_tty_redraws_one_line_and_ends_it(clock: VirtualClock) -> None:
     stream = TtyStream()
     with Progress(3, "build", stream=stream) as bar:
         for _ in range(3):
@@ -94,7 +87,7 @@ def test_tty_redraws_one_line_and_ends_it(clock: Clock) -> None:
     assert text.rsplit("\r\033[K", 1)[-1] == "build [####################] 3/3 1.0 it/s 3.0s\n"
 
 
-def test_defaults_to_stderr(capsys: pytest.CaptureFixture[str], clock: Clock) -> None:
+def test_defaults_to_stderr(capsys: pytest.CaptureFixture[str], clock: VirtualClock) -> None:
     with Progress(1, "x", unit="img") as bar:
         clock.now += 1.0
         bar.update(1)

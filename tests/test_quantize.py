@@ -10,13 +10,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import export_tiny, tiny_resnet20
 from edgeres.card import ModelCard, Preprocess, card_from_onnx
 from edgeres.errors import InputError
 from edgeres.quantization import (
     QUANT_METADATA_KEY, fold_batchnorm, quantize_model, quantize_qdq, tensors_to_observe, to_fp16,
 )
 from edgeres.quantization.graph import GraphIndex, residual_adds
+from helpers.models import export_tiny, tiny_resnet20
 
 SIZE = 16
 

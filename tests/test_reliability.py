@@ -11,21 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 from PIL import Image
 
-from cli import cli
-from conftest import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
 from edgeres.backends import BatchProfile, sidecar_path
 from edgeres.building import build_artifact
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import BackendError, GateInputError, InputError, ModelError, WriteError
+from helpers.cli import invoke
+from helpers.models import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def one_line_error(result: Result, *needles: str, exit_code: int = 1) -> str:

@@ -10,18 +10,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 from PIL import Image
 
-from cli import cli
-from conftest import TINY_CLASSES, make_tiny_onnx
 from edgeres.schema import CARD, Obj, SchemaError, validate
+from helpers.cli import invoke
+from helpers.models import TINY_CLASSES, make_tiny_onnx
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def _wrong(value: Any) -> list[Any]:

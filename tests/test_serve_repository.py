@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from conftest import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
 from edgeres import backends
 from edgeres.backends import BatchProfile, Sidecar, write_sidecar
 from edgeres.errors import BackendError, InputError, ModelError
 from edgeres.io import sha256_file
 from edgeres.serve.config import parse_config, schema, validate_config
 from edgeres.serve.repository import export_triton, model_name, serving_repository
+from helpers.models import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
 
 PROFILES = [BatchProfile(1, 8, 16), BatchProfile(4, 4, 4), BatchProfile(1, 1, 1), BatchProfile(2, 16, 64)]
 

@@ -21,12 +21,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from conftest import TINY_CLASSES, make_tiny_onnx
 from edgeres import backends
 from edgeres.backends import BatchProfile
 from edgeres.serve.client import RemoteRunner, ServerRequestError, TritonClient
 from edgeres.serve.repository import serving_repository
 from edgeres.serve.triton import Ports, TritonServer, group_members
+from helpers.models import TINY_CLASSES, make_tiny_onnx
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from conftest import make_tiny_onnx
 from edgeres.errors import BackendUnavailable, InputError
 from edgeres.serve.client import parse_concurrency
 from edgeres.serve.triton import HOST, Ports, TritonServer, backend_directory, find_triton
+from helpers.models import make_tiny_onnx
 
 
 def test_the_bundled_server_and_this_pythons_stub_are_found(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def _sha(path: Path) -> str:
 def finished(digits_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The study interrupted in ResNet-8's second epoch, then resumed to the end by ``edgeres study degradation``."""
     import edgeres.training as train_mod
-    from conftest import torch_threads_kept
+    from helpers.training import torch_threads_kept
 
     out = tmp_path_factory.mktemp("study") / "deg"
     real_save = train_mod._save_checkpoint

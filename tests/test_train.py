@@ -11,25 +11,19 @@ import pytest
 import torch
 
 import edgeres
-from conftest import TINY_TRAIN_CONFIG, copy_digits_slice
 from edgeres import training as train_mod
 from edgeres.card import ModelCard, card_from_file
 from edgeres.data import list_images, load_batch
 from edgeres.digits import digits_preprocess
 from edgeres.errors import EdgeresError, InputError, ModelError
 from edgeres.training import TrainConfig, load_checkpoint, resolve_dataset, train
+from helpers.data import copy_digits_slice
+from helpers.training import TINY_TRAIN_CONFIG
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 # a very short run for the resume and failure tests
 QUICK = TrainConfig(arch="resnet20", epochs=2, batch_size=8, lr=0.05, seed=3, threads=1)
-
-
-@pytest.fixture(scope="module")
-def small_slice(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 train and 3 val images per class: 50 + 30 real scans."""
-    return copy_digits_slice(digits_dir, tmp_path_factory.mktemp("small") / "digits", train_per_class=5,
-                             val_per_class=3)
 
 
 def _load(path: Path) -> dict:
