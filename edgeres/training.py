@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeres import __version__, models
+from edgeres import models
+from edgeres.version import __version__
 from edgeres.card import ModelCard, Preprocess
 from edgeres.data import Dataset, ImageFolder, load_batch, open_dataset
 from edgeres.digits import digits_preprocess, write_digits
@@ -226,18 +227,7 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
         quiet: no progress bars.
     """
     out = Path(out)
-    cfg = config or TrainConfig()
-    state: dict[str, Any] | None = None
-    if resume:
-        if not out.exists():
-            raise InputError(f"--resume: no checkpoint at {out}; train without --resume first")
-        state = torch.load(out, map_location="cpu", weights_only=False)
-        saved = TrainConfig(**state["config"])
-        # The saved recipe wins, except for a longer run asked for explicitly.
-        _warn_ignored_on_resume(cfg, saved)
-        # a checkpoint trained on train/ + val/ folders records no split: one given now is used, not ignored
-        cfg = TrainConfig(**{**asdict(saved), "epochs": cfg.epochs or saved.epochs,
-                             "val_split": saved.val_split if saved.val_split is not None else cfg.val_split})
+    cfg, state = _settings(config or TrainConfig(), out, resume=resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -247,67 +237,20 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     _validate(cfg)
     if not models.is_known(cfg.arch):  # the named archs, or a CIFAR resnet<6n+2> / plain<6n+2>
         raise InputError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(models.names())}")
-    pre = default_preprocess(cfg.arch, dataset_name, size=cfg.size, channels=3)
-    if state is not None:  # the checkpoint defines the model and how it is fed, whatever this folder looks like
-        pre = Preprocess.from_dict(state["card"]["preprocess"])
-    card = ModelCard(
-        arch=cfg.arch, class_names=list(dataset.classes), preprocess=pre, model_options=dict(cfg.model_options),
-        dataset=_dataset_record(dataset, dataset_name), seed=cfg.seed,
-        versions={"edgeres": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
-    )
+    card, pre = _model_card(cfg, dataset, dataset_name, state)
     train_split = _Split(dataset.train, pre, "train", quiet=quiet)
     val_split = _Split(dataset.val, pre, "val", quiet=quiet)
 
-    torch.manual_seed(cfg.seed)
-    model = models.create(cfg.arch, num_classes=card.num_classes, in_channels=pre.channels, **cfg.model_options)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    start_epoch, history = 0, []
-    if state is not None:
-        if state["card"]["arch"] != cfg.arch or state["card"]["class_names"] != card.class_names:
-            raise ModelError(f"--resume: {out} was trained as {state['card']['arch']} on other classes; "
-                             "use a new --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], state["history"]
-        log.info("resuming %s from epoch %d of %d", out, start_epoch, cfg.epochs)
-
+    model, optimizer, start_epoch, history = _model_and_optimizer(cfg, card, pre, state, out)
     assert cfg.batch_size is not None
-    padding = cfg.crop_padding if cfg.crop_padding is not None else pre.crop // 8
-    steps = math.ceil(len(train_split) / cfg.batch_size)
     begin = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_split), generator=gen)
-        model.train()
-        seen, loss_sum, correct = 0, 0.0, 0
-        with Progress(len(train_split), f"epoch {epoch + 1}/{cfg.epochs}", unit="img", quiet=quiet) as bar:
-            for step, (idx, images) in enumerate(train_split.batches(order, cfg.batch_size)):
-                xb = _augment(images, padding=padding, hflip=bool(cfg.hflip), gen=gen)
-                yb = train_split.labels[idx]
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(cfg, epoch, step, steps)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise _diverged(out, f"the loss became {value} at epoch {epoch + 1}, step {step + 1}",
-                                    lr=cfg.lr, kept=epoch > start_epoch or state is not None)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                seen += len(idx)
-                loss_sum += value * len(idx)
-                correct += int((logits.argmax(1) == yb).sum())
-                bar.update(len(idx), loss=loss_sum / seen, acc=correct / seen)
-            val_top1 = evaluate(model, val_split)
-            bar.postfix["val_top1"] = f"{100 * val_top1:.1f}%"
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen,
-                        "val_top1": val_top1})
+        kept = epoch > start_epoch or state is not None  # a checkpoint from an earlier epoch is on disk
+        history.append(_run_epoch(model, optimizer, train_split, val_split, cfg, epoch, out=out, kept=kept,
+                                  quiet=quiet))
         card.metrics = _metrics(history)
         if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
-            raise _diverged(out, f"the weights became NaN or infinite in epoch {epoch + 1}", lr=cfg.lr,
-                            kept=epoch > start_epoch or state is not None)
+            raise _diverged(out, f"the weights became NaN or infinite in epoch {epoch + 1}", lr=cfg.lr, kept=kept)
         _save_checkpoint(out, model=model, optimizer=optimizer, card=card, cfg=cfg, epoch=epoch + 1,
                          history=history)
     seconds = time.perf_counter() - begin
@@ -317,6 +260,90 @@ def train(data: str | Path, *, out: str | Path, config: TrainConfig | None = Non
     return TrainResult(checkpoint=out, arch=cfg.arch, best_val_top1=metrics["best_val_top1"],
                        final_val_top1=metrics["val_top1"], epochs_run=cfg.epochs - start_epoch, seconds=seconds,
                        history=history)
+
+
+def _settings(cfg: TrainConfig, out: Path, *, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The run's settings and, with ``resume``, the checkpoint's saved state; the saved recipe wins, except for a
+    longer run asked for explicitly."""
+    if not resume:
+        return cfg, None
+    if not out.exists():
+        raise InputError(f"--resume: no checkpoint at {out}; train without --resume first")
+    state = torch.load(out, map_location="cpu", weights_only=False)
+    saved = TrainConfig(**state["config"])
+    _warn_ignored_on_resume(cfg, saved)
+    # a checkpoint trained on train/ + val/ folders records no split: one given now is used, not ignored
+    cfg = TrainConfig(**{**asdict(saved), "epochs": cfg.epochs or saved.epochs,
+                         "val_split": saved.val_split if saved.val_split is not None else cfg.val_split})
+    return cfg, state
+
+
+def _model_card(cfg: TrainConfig, dataset: Dataset, dataset_name: str,
+                state: dict[str, Any] | None) -> tuple[ModelCard, Preprocess]:
+    """The model card the checkpoint carries, and how images are fed (a resumed checkpoint's, whatever this
+    folder looks like)."""
+    pre = default_preprocess(cfg.arch, dataset_name, size=cfg.size, channels=3)
+    if state is not None:  # the checkpoint defines the model and how it is fed
+        pre = Preprocess.from_dict(state["card"]["preprocess"])
+    card = ModelCard(
+        arch=cfg.arch, class_names=list(dataset.classes), preprocess=pre, model_options=dict(cfg.model_options),
+        dataset=_dataset_record(dataset, dataset_name), seed=cfg.seed,
+        versions={"edgeres": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+    )
+    return card, pre
+
+
+def _model_and_optimizer(cfg: TrainConfig, card: ModelCard, pre: Preprocess, state: dict[str, Any] | None,
+                         out: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, list[dict[str, float]]]:
+    """A seeded new model and its SGD optimizer, or both restored from ``state``; with the epoch to start from and
+    the history so far."""
+    torch.manual_seed(cfg.seed)
+    model = models.create(cfg.arch, num_classes=card.num_classes, in_channels=pre.channels, **cfg.model_options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    if state is None:
+        return model, optimizer, 0, []
+    if state["card"]["arch"] != cfg.arch or state["card"]["class_names"] != card.class_names:
+        raise ModelError(f"--resume: {out} was trained as {state['card']['arch']} on other classes; "
+                         "use a new --out")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resuming %s from epoch %d of %d", out, state["epoch"], cfg.epochs)
+    return model, optimizer, state["epoch"], state["history"]
+
+
+def _run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_split: _Split, val_split: _Split,
+               cfg: TrainConfig, epoch: int, *, out: Path, kept: bool, quiet: bool) -> dict[str, float]:
+    """One epoch of SGD over a shuffle seeded by the epoch, then top-1 on the validation split; returns the
+    epoch's history entry. A non-finite loss stops the run (``kept``: an earlier checkpoint is on disk)."""
+    padding = cfg.crop_padding if cfg.crop_padding is not None else train_split.pre.crop // 8
+    steps = math.ceil(len(train_split) / cfg.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(train_split), generator=gen)
+    model.train()
+    seen, loss_sum, correct = 0, 0.0, 0
+    with Progress(len(train_split), f"epoch {epoch + 1}/{cfg.epochs}", unit="img", quiet=quiet) as bar:
+        for step, (idx, images) in enumerate(train_split.batches(order, cfg.batch_size)):
+            xb = _augment(images, padding=padding, hflip=bool(cfg.hflip), gen=gen)
+            yb = train_split.labels[idx]
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(cfg, epoch, step, steps)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise _diverged(out, f"the loss became {value} at epoch {epoch + 1}, step {step + 1}", lr=cfg.lr,
+                                kept=kept)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(idx)
+            loss_sum += value * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            bar.update(len(idx), loss=loss_sum / seen, acc=correct / seen)
+        val_top1 = evaluate(model, val_split)
+        bar.postfix["val_top1"] = f"{100 * val_top1:.1f}%"
+    return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen, "val_top1": val_top1}
 
 
 def _diverged(out: Path, what: str, *, lr: float, kept: bool) -> ModelError:
