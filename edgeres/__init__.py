@@ -37,7 +37,7 @@ from edgeres.errors import (
     WriteError,
 )
 
-__version__ = "0.1.0"
+from edgeres.version import __version__
 
 # public name -> (module, attribute); resolved on first access (PEP 562)
 _LAZY: dict[str, tuple[str, str]] = {

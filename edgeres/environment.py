@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgeres import __version__
+from edgeres.version import __version__
 
 log = logging.getLogger(__name__)
 

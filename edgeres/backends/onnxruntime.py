@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from edgeres import __version__
+from edgeres.version import __version__
 from edgeres.backends.base import BackendName, BatchProfile, Precision, Sidecar, StageTimes, write_sidecar
 from edgeres.card import ModelCard
 from edgeres.errors import BackendError, InputError, ModelError

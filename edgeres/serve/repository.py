@@ -274,9 +274,7 @@ from edgeres.serve.python_model import {cls} as TritonPythonModel  # noqa: E402,
 def _python_paths() -> tuple[list[str], list[str]]:
     """Site-packages of this interpreter, and the folder edgeres is imported from: the backend stub's embedded
     Python does not inherit PYTHONPATH or a virtual environment."""
-    import edgeres
-
-    roots = [str(Path(edgeres.__file__).resolve().parent.parent)]
+    roots = [str(Path(__file__).resolve().parents[2])]  # the folder holding the edgeres package
     dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
     user = site.getusersitepackages()
     if site.ENABLE_USER_SITE and Path(user).is_dir():
