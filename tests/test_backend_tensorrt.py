@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -25,6 +24,7 @@ from edgeres.backends.options import TensorRTOptions
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import BackendError, BackendUnavailable, InputError, ModelError
 from edgeres.io import sha256_file
+from helpers.reference import cpu_logits as _reference
 
 PROFILE = BatchProfile(1, 4, 8)
 
@@ -81,11 +81,6 @@ def double(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
 
 def _images(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
-
-
-def _reference(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": batch})[0]
 
 
 def _engine_header(path: Path) -> dict:

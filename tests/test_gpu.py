@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.reference import cpu_logits
+
 pytestmark = pytest.mark.gpu
 
 
@@ -115,12 +117,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return fp32, qdq
 
 
-def _reference(path: Path, batch: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
-
-
 @needs_trt
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-2), ("fp16", 5e-2), ("int8", 0.25)])
 def test_real_build_open_infer(tiny, tmp_path: Path, precision: str, atol: float) -> None:
@@ -143,7 +139,7 @@ def test_real_build_open_infer(tiny, tmp_path: Path, precision: str, atol: float
         got = runner.infer(batch)  # 8 + a partial 3
         times = runner.last_stage_times
         partial = runner.infer(batch[:3])
-    np.testing.assert_allclose(got, _reference(src, batch), atol=atol, rtol=0)
+    np.testing.assert_allclose(got, cpu_logits(src, batch), atol=atol, rtol=0)
     np.testing.assert_allclose(partial, got[:3], atol=1e-3, rtol=0)
     assert times is not None and times.h2d_ms is not None and times.d2h_ms is not None and times.compute_ms > 0
 
