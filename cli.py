@@ -93,16 +93,6 @@ def quiet_flag(ctx: click.Context) -> bool:
     return bool(ctx.obj and ctx.obj.get("quiet"))
 
 
-from edgeres.io import outputs_safe  # noqa: E402 - commands still calling it here move to edgeres.api
-
-
-def artifact_inputs(artifact: Path) -> dict[str, Path]:
-    """An artifact and its sidecar, both inputs of the commands that run it."""
-    from edgeres.backends.base import sidecar_path
-
-    return {"ARTIFACT": artifact, "ARTIFACT's sidecar": sidecar_path(artifact)}
-
-
 def echo_json(obj: Any) -> None:
     """Print machine-readable output (strict JSON: a NaN is an error, never a bare ``NaN``)."""
     from edgeres.io import dumps_json
@@ -465,7 +455,7 @@ def _print_rows(rows: list[tuple[str, Any]]) -> None:
 @click.option("--calib", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="INT8 calibration images [the calibration set recorded in the model card].")
 @click.option("--calib-method", default="entropy", show_default=True,
-              type=click.Choice(["entropy", "minmax", "percentile", "mse"]), help="INT8 range method.")
+              type=click.Choice(_calibration_methods()), help="INT8 range method.")
 @click.option("--calib-images", default=512, show_default=True, type=click.IntRange(min=1),
               help="Calibration images to sample.")
 @click.option("--batch", default="1:8:32", show_default=True, help="Batch profile: N or min:opt:max.")

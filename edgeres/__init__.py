@@ -74,6 +74,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Tolerances": ("edgeres.checking", "Tolerances"),
     "CheckResult": ("edgeres.checking", "CheckResult"),
     "Verdict": ("edgeres.checking", "Verdict"),
+    "TensorRTOptions": ("edgeres.backends.options", "TensorRTOptions"),
+    "LatencyPlan": ("edgeres.latency_gate", "LatencyPlan"),
     "SensitivityReport": ("edgeres.sensitivity", "SensitivityReport"),
 }
 
@@ -112,7 +114,9 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time __getattr__ 
     from edgeres.digits import write_digits
     from edgeres.exporting import ExportResult
     from edgeres.exporting import export_onnx as export
+    from edgeres.backends.options import TensorRTOptions
     from edgeres.inference import InferResult
+    from edgeres.latency_gate import LatencyPlan
     from edgeres.sensitivity import SensitivityReport
     from edgeres.serve.client import ServerBenchResult
     from edgeres.serve.repository import export_triton
