@@ -13,9 +13,11 @@ the same labelled images through the server (the same rows); its identity is the
 source model as the served repository recorded them, with backend ``triton/<backend>`` and the server's host as
 the device, so a baseline of another model, or of the artifact run locally, is refused without
 ``allow_mismatch``. Its latency is the client's wall time per request (one in flight), compared with the stored
-samples and NOT load-normalised: the machine-speed probe would time the client's machine, not the server's, and
-side by side needs the baseline's artifact here. A served FAIL therefore says "answers slower from this client
-than at baseline", which may be the model, the server or the network; compare runs made from the same client.
+samples and NOT load-normalised: the machine-speed probe would time the client's machine, not the server's. A
+served FAIL therefore says "answers slower from this client than at baseline", which may be the model, the server
+or the network; compare runs made from the same client. When the same server still serves the baseline's model
+(its name, its artifact sha256) beside the one checked, e.g. v1 and v2, the two are timed side by side instead,
+request by request, and the server's and the network's drift cancel out as they do for local side by side.
 
 Exit codes (:attr:`CheckResult.exit_code`, and :attr:`GateInputError.exit_code` for a gate that cannot run):
 0 pass, 1 regression, 2 usage/input error, 3 inconclusive::
@@ -341,7 +343,8 @@ def _latency_runners(run: _Run, plan: LatencyPlan, *, side_by_side: bool | None,
     whether (and why) side by side."""
     subject, base = run.subject, run.base
     if subject.served:
-        return [subject.runner], {}, False, ""
+        sbs, why, partner = _served_side_by_side(side_by_side, base, subject, baseline_runner, run.stack)
+        return [subject.runner] + ([partner] if partner is not None else []), {}, sbs, why
     sbs, why = choose_side_by_side(side_by_side, base, subject.info)
     runners: list[Any] = [subject.runner]
     if sbs:
@@ -350,6 +353,43 @@ def _latency_runners(run: _Run, plan: LatencyPlan, *, side_by_side: bool | None,
     probes = {} if sbs else gate_probes(probe, base, subject.runner, list(plan.batches or ()), subject.artifact,
                                         run.stack, run.spinning)
     return runners, probes, sbs, why
+
+
+def _served_side_by_side(asked: bool | None, base: Baseline | None, subject: Subject,
+                         baseline_runner: Runner | None, stack: contextlib.ExitStack) -> tuple[bool, str, Any]:
+    """Side by side for a served model: with the baseline's served model, when the same server still serves it
+    (by its name, with the baseline's artifact sha256) beside the one checked, e.g. v1 and v2 of a model; the two
+    alternate request by request, so the server's and the network's drift cancel out. Returns (whether, why, the
+    baseline model's runner).
+
+    Raises:
+        GateInputError: ``asked`` is True and the server does not serve the baseline's model unchanged.
+    """
+    if base is None or asked is False:
+        return False, "--no-side-by-side" if base is not None else "", None
+    if baseline_runner is not None:
+        return True, "asked for", baseline_runner
+    _, sep, name = base.artifact.path.rpartition("/v2/models/")
+    problem = None if sep else "the baseline was not written from a served model"
+    partner = None
+    if problem is None and base.artifact.sha256 == subject.info.sha256:
+        problem = f"the baseline's model {name!r} serves the artifact being checked (timing it against itself " \
+                  "tells nothing)"
+    elif problem is None:
+        from edgeres.serve.client import RemoteRunner
+
+        try:
+            partner = stack.enter_context(RemoteRunner(subject.server, name))
+        except EdgeresError as exc:
+            problem = f"the server does not serve the baseline's model {name!r} ({exc})"
+        else:
+            if partner.artifact_sha256 != base.artifact.sha256:
+                problem, partner = f"the server's model {name!r} is no longer the baseline's artifact", None
+    if problem is not None and asked:
+        raise GateInputError(f"--side-by-side: {problem}; compare with the stored samples (leave it out)")
+    if problem is not None:
+        return False, problem, None
+    return True, f"the server also serves the baseline's model {name!r} unchanged", partner
 
 
 def _measure_latency(run: _Run, plan: LatencyPlan, tolerances: Tolerances, *, side_by_side: bool | None,
@@ -414,9 +454,6 @@ def _gate(artifact: str | Path | None, baseline: str | Path, *, server: str | No
     if side_by_side and update_baseline:
         raise GateInputError("--side-by-side compares with an existing baseline; it cannot be combined with "
                              "--update-baseline")
-    if side_by_side and server is not None:
-        raise GateInputError("--side-by-side times the baseline's artifact on this machine; a served model's "
-                             "latency is compared with the stored samples (leave out --side-by-side)")
     base = None if update_baseline else load_baseline(baseline)
     judgements: list[Judgement] = []
     with contextlib.ExitStack() as stack:
@@ -504,8 +541,9 @@ def check(artifact: str | Path | None = None, *, baseline: str | Path, server: s
             ``artifact`` and compare with those timings instead of the stored samples: machine drift between the
             baseline's day and today cancels out. Accuracy still compares with the baseline. None (default): side
             by side whenever the baseline's artifact is on disk, unchanged, and is another file than ``artifact``
-            (timing a file against itself tells nothing); else the stored samples, normalised by the probe. Not
-            with ``server``.
+            (timing a file against itself tells nothing); else the stored samples, normalised by the probe. With
+            ``server``: the baseline's served model, when the same server still serves it unchanged beside the one
+            checked (``baseline_runner``: an open runner for it).
         runner: an already open runner for ``artifact`` to time latency with (not closed here); accuracy always
             runs ``artifact`` itself through :func:`edgeres.inference.infer_folder`. With ``server``, an open
             :class:`edgeres.serve.client.RemoteRunner` used for both.

@@ -280,11 +280,16 @@ def spec_record(probe: Any) -> dict[str, Any]:
 
 def latency_notes(sbs: bool, why: str, base: Baseline, trials: int, machine: dict[str, Any], *,
                   served: bool = False) -> list[str]:
-    if served:
+    if served and sbs:
+        notes = [f"latency of the served model (the client's wall time per request) measured side by side with the "
+                 f"baseline's model on the same server in {trials} alternating rounds ({why}); the stored samples "
+                 f"were not used"]
+    elif served:
         notes = [f"latency of the served model is the client's wall time per request (one request in flight: the "
-                 f"network, the server's queue and the model together), compared with the stored samples, NOT "
-                 f"load-normalised: {SERVED}. A FAIL says it answers slower from this client than at baseline; "
-                 f"compare runs made from the same client against the same server placement"]
+                 f"network, the server's queue and the model together), compared with the stored samples"
+                 f"{f' ({why})' if why else ''}, NOT load-normalised: {SERVED}. A FAIL says it answers slower from "
+                 f"this client than at baseline; compare runs made from the same client against the same server "
+                 f"placement"]
     elif sbs:
         notes = [f"latency measured side by side with the baseline's artifact {base.artifact.path} in {trials} "
                  f"alternating rounds ({why}); the stored samples were not used"]

@@ -97,7 +97,25 @@ def test_a_served_model_is_gated_like_a_local_one(served) -> None:
     assert ET.parse(junit).getroot().find("testsuite").get("failures") == "0"
     assert "| top-1 accuracy | 100.00% | 100.00% |" in report.read_text()
     res, _ = _check("--server", served.url, "--model", "good", "--baseline", baseline, "--side-by-side", *QUICK)
-    assert res.exit_code == 2 and "stored samples" in res.output
+    assert res.exit_code == 2 and "serves the artifact being checked" in res.output  # itself: tells nothing
+
+
+def test_the_baseline_model_still_served_beside_is_timed_side_by_side(served) -> None:
+    """v1 ("good") and v2 ("other") on one server: v2 is timed request by request against v1, not the stored
+    samples (the two tiny models have the same architecture, so their speed is the same)."""
+    baseline = served.tmp / "v1.json"
+    res, _ = _check("--server", served.url, "--model", "good", "--baseline", baseline, "--update-baseline", *QUICK)
+    assert res.exit_code == 0, res.output
+    res, verdict = _check("--server", served.url, "--model", "other", "--baseline", baseline, "--allow-mismatch",
+                          *QUICK, "--tol-latency", "10", "--json")
+    assert res.exit_code == 0, res.output
+    assert any("side by side with the baseline's model" in n and "'good' unchanged" in n for n in verdict["notes"])
+    median = next(r for r in verdict["rows"] if r["metric"] == "latency median b1")
+    assert median["verdict"] == "PASS" and "timed side by side" in median["message"]
+    res, verdict = _check("--server", served.url, "--model", "other", "--baseline", baseline, "--allow-mismatch",
+                          "--no-side-by-side", *QUICK, "--tol-latency", "10", "--json")
+    assert res.exit_code == 0, res.output
+    assert any("compared with the stored samples (--no-side-by-side)" in n for n in verdict["notes"])
 
 
 def test_another_served_model_is_refused_and_fails_accuracy_when_compared(served) -> None:
