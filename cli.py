@@ -113,9 +113,7 @@ def data() -> None:
 def data_digits(out_dir: Path, seed: int, force: bool) -> None:
     """Write scikit-learn's handwritten digits (1,797 real 8x8 scans) as an image folder OUT_DIR/{train,val}/<class>/."""
     from edgeres.digits import write_digits
-    from edgeres.io import check_writable_dir
 
-    check_writable_dir(out_dir.parent, what="folder for")
     ds = write_digits(out_dir, seed=seed, force=force)
     click.echo(f"wrote {len(ds.train.samples)} train and {len(ds.val.samples)} val images of "
                f"{len(ds.classes)} classes to {out_dir}")
@@ -566,9 +564,10 @@ def _render_infer(result: Any, out: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as one JSON object.")
 def compare_results(results: tuple[Path, ...], as_json: bool) -> None:
     """Print the summaries of several `edgeres infer --out X.json` RESULTS side by side (accuracy, latency)."""
-    from edgeres.inference import compare_table, distinct_labels, load_summary
+    from edgeres import api
+    from edgeres.inference import compare_table
 
-    summaries = {label: load_summary(path) for label, path in zip(distinct_labels(results), results)}
+    summaries = api.compare(results)
     if as_json:
         echo_json(summaries)
     else:
@@ -677,12 +676,9 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 def env_cmd(as_json: bool) -> None:
     """Which Python, packages and TensorRT edgeres uses here, their versions and where they come from (on a Jetson:
     JetPack's TensorRT and pycuda, from the system, through a venv with --system-site-packages)."""
-    from edgeres.backends import choose_backend
-    from edgeres.environment import software_report
+    from edgeres import api
 
-    report = software_report()
-    chosen, why = choose_backend("auto")
-    report["backend"] = {"auto": chosen.value, "why": why}
+    report = api.environment_report()
     if as_json:
         echo_json(report)
         return

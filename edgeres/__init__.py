@@ -54,6 +54,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "bench": ("edgeres.api", "bench"),
     "check": ("edgeres.checking", "check"),
     "sensitivity_report": ("edgeres.api", "sensitivity_report"),
+    "compare": ("edgeres.api", "compare"),
+    "environment_report": ("edgeres.api", "environment_report"),
     "export_triton": ("edgeres.serve.repository", "export_triton"),
     # what they take and return
     "TrainConfig": ("edgeres.training", "TrainConfig"),
@@ -102,8 +104,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time __getattr__ resolves these
     from calibration import Ranges
-    from edgeres.api import (CalibrationResult, QuantizeResult, bench, calibrate, infer, quantize,
-                             sensitivity_report, train)
+    from edgeres.api import (CalibrationResult, QuantizeResult, bench, calibrate, compare, environment_report,
+                             infer, quantize, sensitivity_report, train)
     from edgeres.backends import open
     from edgeres.backends.base import BackendName, BatchProfile, Precision, Runner, Sidecar
     from edgeres.benchmarking import BenchResult

@@ -336,3 +336,23 @@ def sensitivity_report(model: PathLike, *, data: PathLike | None = None, images:
     if plot is not None:
         plot_sensitivity(report, plot)
     return report
+
+
+def compare(results: Sequence[PathLike]) -> dict[str, dict[str, Any]]:
+    """The summaries of several ``edgeres infer --out X.json`` results, keyed by the shortest labels that tell
+    their paths apart (``edgeres compare``); render with :func:`edgeres.inference.compare_table`."""
+    from edgeres.inference import distinct_labels, load_summary
+
+    return {label: load_summary(path) for label, path in zip(distinct_labels(results), results)}
+
+
+def environment_report() -> dict[str, Any]:
+    """What ``edgeres env`` reports: Python, the packages edgeres uses (versions, where they come from) and which
+    backend ``auto`` picks here and why."""
+    from edgeres.backends import choose_backend
+    from edgeres.environment import software_report
+
+    report = software_report()
+    chosen, why = choose_backend("auto")
+    report["backend"] = {"auto": chosen.value, "why": why}
+    return report

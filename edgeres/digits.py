@@ -20,7 +20,7 @@ from PIL import Image
 from edgeres.card import Preprocess
 from edgeres.data import CALIBRATION_LIST, Dataset, open_dataset, stratum_split
 from edgeres.errors import EdgeresError, InputError
-from edgeres.io import dumps_json
+from edgeres.io import check_writable_dir, dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def write_digits(out_dir: str | os.PathLike[str], *, seed: int = 0, val_fraction
         raise InputError(f"calibration_per_class must be at least 1, got {calibration_per_class}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise InputError(f"{out} already exists and is not empty; pass --force to replace it")
+    check_writable_dir(out.parent, what="folder for")  # the set is built beside OUT, then renamed into place
     images, targets = _load_sklearn_digits()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"

@@ -155,3 +155,26 @@ def test_infer_and_bench_usage_errors_carry_the_cli_usage_exit_status(tiny_onnx:
         with pytest.raises(UsageError) as info:
             case()
         assert info.value.exit_code == 2
+
+
+def test_environment_report_says_which_backend_auto_picks_here_and_why() -> None:
+    report = edgeres.environment_report()
+    assert report["backend"]["auto"] == "onnxruntime"  # no TensorRT on this machine
+    assert "TensorRT" in report["backend"]["why"] or "tensorrt" in report["backend"]["why"]
+    assert report["packages"]["onnxruntime"]["version"]
+
+
+def test_compare_labels_results_by_what_tells_their_paths_apart(tiny_onnx: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("L", (8, 8), 50).save(folder / "a.png")
+    paths = []
+    for run in ("fp32", "again"):
+        (tmp_path / run).mkdir()
+        paths.append(tmp_path / run / "results.json")
+        edgeres.infer(tiny_onnx, folder, out=paths[-1], quiet=True)
+    summaries = edgeres.compare(paths)
+    assert list(summaries) == ["fp32/results", "again/results"]  # the same file name: its folder tells them apart
+    assert all(s["images"] == 1 for s in summaries.values())
