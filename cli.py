@@ -631,40 +631,42 @@ def serve(ctx: click.Context, artifact: Path, http_port: int, grpc_port: int, me
           ready_timeout: int) -> None:
     """Serve ARTIFACT with Triton on 127.0.0.1 until Ctrl-C or SIGTERM: a tensor model (FP32 images in, logits
     out) and an image model (encoded image bytes in, top-k classes out), dynamically batched."""
-    import tempfile
     import time
 
-    from edgeres.serve.repository import serving_repository
-    from edgeres.serve.triton import Ports, ServerError, TritonServer, find_triton
+    from edgeres import api
+    from edgeres.serve.triton import ServerError
 
-    find_triton()  # say it is missing before writing anything
-    ports = Ports.resolve(http_port, grpc_port, metrics_port)
-    with tempfile.TemporaryDirectory(prefix="edgeres-serve-") as tmp:
-        served = serving_repository(artifact, repo or Path(tmp) / "models", name=name, instances=instances,
-                                    max_queue_delay_us=max_queue_delay_us, threads=threads)
-        server = TritonServer(served.root, ports=ports, ready_timeout_s=ready_timeout)
-        click.echo(f"starting Triton for {artifact} ({served.artifact.backend}, {served.artifact.precision}, "
-                   f"batch up to {served.artifact.profile.max}) ...", err=True)
-        try:
-            server.start()
-            url = server.http_url
-            click.echo(f"HTTP     {url}   (KServe v2)")
-            click.echo(f"gRPC     {server.grpc_url}")
-            click.echo(f"metrics  {server.metrics_url}")
-            click.echo(f"process  {server.process.pid} (its own process group; the backend stubs are in it)")
-            click.echo(f"models   {served.tensor_model} (FP32 {served.artifact.card.input_name} "
-                       f"{list(served.artifact.card.preprocess.input_shape)} -> {served.artifact.card.output_name}), "
-                       f"{served.image_model} (image bytes -> top-k classes)")
-            click.echo(f"try      edgeres infer IMAGES --server {url}   |   edgeres bench --server {url}")
-            click.echo("Ctrl-C stops the server.", err=True)
-            while server.alive():
-                time.sleep(0.5)
+    click.echo(f"starting Triton for {artifact} ...", err=True)
+    try:  # Ctrl-C/SIGTERM while starting or serving: a clean stop, exit 0
+        with api.serve_artifact(artifact, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                                instances=instances, max_queue_delay_us=max_queue_delay_us, threads=threads,
+                                name=name, repo=repo, ready_timeout_s=ready_timeout) as (server, served):
+            _print_endpoints(server, served)
+            try:
+                while server.alive():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                click.echo("stopping Triton ...", err=True)
+                raise
             raise ServerError(f"Triton exited unexpectedly (code {server.process.returncode}): {server.log_tail()}")
-        except KeyboardInterrupt:
-            click.echo("stopping Triton ...", err=True)
-        finally:
-            server.stop()
-        click.echo("stopped", err=True)
+    except KeyboardInterrupt:
+        pass
+    click.echo("stopped", err=True)
+
+
+def _print_endpoints(server: Any, served: Any) -> None:
+    card = served.artifact.card
+    click.echo(f"serving {served.artifact.backend}, {served.artifact.precision}, batch up to "
+               f"{served.artifact.profile.max}", err=True)
+    click.echo(f"HTTP     {server.http_url}   (KServe v2)")
+    click.echo(f"gRPC     {server.grpc_url}")
+    click.echo(f"metrics  {server.metrics_url}")
+    click.echo(f"process  {server.process.pid} (its own process group; the backend stubs are in it)")
+    click.echo(f"models   {served.tensor_model} (FP32 {card.input_name} {list(card.preprocess.input_shape)} -> "
+               f"{card.output_name}), {served.image_model} (image bytes -> top-k classes)")
+    click.echo(f"try      edgeres infer IMAGES --server {server.http_url}   |   edgeres bench --server "
+               f"{server.http_url}")
+    click.echo("Ctrl-C stops the server.", err=True)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -57,6 +57,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "compare": ("edgeres.api", "compare"),
     "environment_report": ("edgeres.api", "environment_report"),
     "export_triton": ("edgeres.serve.repository", "export_triton"),
+    "serve_artifact": ("edgeres.api", "serve_artifact"),
     # what they take and return
     "TrainConfig": ("edgeres.training", "TrainConfig"),
     "TrainResult": ("edgeres.training", "TrainResult"),
@@ -105,7 +106,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time __getattr__ resolves these
     from calibration import Ranges
     from edgeres.api import (CalibrationResult, QuantizeResult, bench, calibrate, compare, environment_report,
-                             infer, quantize, sensitivity_report, train)
+                             infer, quantize, sensitivity_report, serve_artifact, train)
     from edgeres.backends import open
     from edgeres.backends.base import BackendName, BatchProfile, Precision, Runner, Sidecar
     from edgeres.benchmarking import BenchResult

@@ -11,11 +11,12 @@ is :func:`edgeres.backends.open`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from edgeres.errors import InputError, UsageError
 from edgeres.io import outputs_safe
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from edgeres.inference import InferResult
     from edgeres.sensitivity import SensitivityReport
     from edgeres.serve.client import ServerBenchResult
+    from edgeres.serve.repository import ServingRepository
+    from edgeres.serve.triton import TritonServer
     from edgeres.training import TrainConfig, TrainResult
 
 PathLike = str | os.PathLike[str]
@@ -356,3 +359,46 @@ def environment_report() -> dict[str, Any]:
     chosen, why = choose_backend("auto")
     report["backend"] = {"auto": chosen.value, "why": why}
     return report
+
+
+@contextlib.contextmanager
+def serve_artifact(artifact: PathLike, *, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
+                   instances: int = 1, max_queue_delay_us: int = 500, threads: int | None = None,
+                   name: str | None = None, repo: PathLike | None = None,
+                   ready_timeout_s: float = 120.0) -> Iterator[tuple[TritonServer, ServingRepository]]:
+    """Serve an artifact with Triton on 127.0.0.1 for the ``with`` block (``edgeres serve``): a tensor model
+    (FP32 images in, logits out) and an image model (encoded image bytes in, top-k classes out), dynamically
+    batched up to the artifact's max batch. The server and every process it started are gone on exit.
+
+    Args:
+        artifact: a built artifact or an exported ONNX with its card.
+        http_port, grpc_port, metrics_port: ports; 0 = any free one (the CLI's defaults are 8000/8001/8002).
+        instances: runner instances per model; ``threads``: ONNX Runtime threads per instance.
+        max_queue_delay_us: how long the dynamic batcher may wait to fill a batch.
+        name: the tensor model's name; None = from the file name (the image model adds ``_image``).
+        repo: write the generated repository here and keep it; None = a temporary folder.
+        ready_timeout_s: how long to wait for the server and its models.
+
+    Yields:
+        The running server (``http_url``, ``grpc_url``, ``metrics_url``) and the served repository.
+
+    Raises:
+        InputError: ports in use or equal; ServerError: Triton missing (said before anything is written) or not
+            ready in time.
+    """
+    import tempfile
+
+    from edgeres.serve.repository import serving_repository
+    from edgeres.serve.triton import Ports, TritonServer, find_triton
+
+    find_triton()
+    ports = Ports.resolve(http_port, grpc_port, metrics_port)
+    with tempfile.TemporaryDirectory(prefix="edgeres-serve-") as tmp:
+        served = serving_repository(artifact, Path(repo) if repo is not None else Path(tmp) / "models", name=name,
+                                    instances=instances, max_queue_delay_us=max_queue_delay_us, threads=threads)
+        server = TritonServer(served.root, ports=ports, ready_timeout_s=ready_timeout_s)
+        try:
+            server.start()
+            yield server, served
+        finally:
+            server.stop()

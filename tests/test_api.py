@@ -178,3 +178,23 @@ def test_compare_labels_results_by_what_tells_their_paths_apart(tiny_onnx: Path,
     summaries = edgeres.compare(paths)
     assert list(summaries) == ["fp32/results", "again/results"]  # the same file name: its folder tells them apart
     assert all(s["images"] == 1 for s in summaries.values())
+
+
+@pytest.mark.slow
+def test_serve_artifact_serves_for_the_block_and_infer_through_it_matches_local(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from edgeres.serve.triton import group_members
+    from helpers.models import make_tiny_onnx
+
+    model = make_tiny_onnx(tmp_path / "tiny.onnx")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("L", (40, 36), 40 * i).save(folder / f"{i}.png")
+    local = edgeres.infer(model, folder, quiet=True)
+    with edgeres.serve_artifact(model, name="tiny", ready_timeout_s=90) as (server, served):
+        assert served.tensor_model == "tiny" and server.alive()
+        remote = edgeres.infer(images=folder, server=server.http_url, model="tiny", quiet=True)
+    assert [p.topk[0][0] for p in remote.predictions] == [p.topk[0][0] for p in local.predictions]
+    assert not server.alive() and group_members(server.process.pid) == []  # nothing left running
