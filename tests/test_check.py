@@ -487,3 +487,7 @@ def test_cli_refuses_a_bad_plan_with_exit_2(setup: dict[str, Path]) -> None:
     assert res.exit_code == 2 and "trial duration must be > 0" in res.output and "Traceback" not in res.output
     res = _cli("--baseline", setup["baseline"], "--update-baseline")
     assert res.exit_code == 2 and "give ARTIFACT or --server URL" in res.output
+    res = _cli(setup["good"], "--baseline", setup["baseline"], "--update-baseline", "--model", "good")
+    assert res.exit_code == 2 and "--model names a served model" in res.output
+    res = _cli("--server", "http://127.0.0.1:9", "--baseline", setup["baseline"], "--update-baseline")
+    assert res.exit_code == 2 and "cannot reach the server" in res.output  # exit 2: the gate could not run
