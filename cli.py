@@ -490,18 +490,17 @@ def build(ctx: click.Context, model: Path, precision: str, backend: str, calib: 
           as_json: bool) -> None:
     """Build an engine/artifact from MODEL (an exported .onnx or a .pt checkpoint) and verify it against FP32."""
     from edgeres.backends import BatchProfile, TensorRTOptions
-    from edgeres.building import build_artifact, build_table
+    from edgeres.building import Int8Options, build_artifact, build_table
 
+    int8 = Int8Options(calib_method=calib_method, calib_images=calib_images, max_drop=max_drop, eval_data=eval_data,
+                       exclude_layers=tuple(name for name in exclude_layers.split(",") if name.strip()),
+                       equalize=equalize)
     tensorrt = TensorRTOptions(int8_mode=int8_mode, workspace_mb=workspace_mb, timing_cache=timing_cache,
                                opt_level=opt_level, dla_core=dla_core, version_compatible=version_compatible,
                                high_precision=high_precision, tf32=not no_tf32)
-    result = build_artifact(
-        model, precision=precision, backend=backend, calib_dir=calib, calib_method=calib_method,
-        calib_images=calib_images, profile=BatchProfile.parse(batch), out_dir=out_dir, force=force, threads=threads,
-        verify_images=verify_images, quiet=quiet_flag(ctx), max_drop=max_drop, eval_data=eval_data,
-        exclude_layers=[name for name in exclude_layers.split(",") if name.strip()], equalize=equalize,
-        tensorrt=tensorrt,
-    )
+    result = build_artifact(model, precision=precision, backend=backend, calib_dir=calib, int8=int8,
+                            profile=BatchProfile.parse(batch), out_dir=out_dir, force=force, threads=threads,
+                            verify_images=verify_images, quiet=quiet_flag(ctx), tensorrt=tensorrt)
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -36,7 +36,7 @@ def main() -> None:
 
     from edgeres import backends
     from edgeres.backends import BatchProfile
-    from edgeres.building import build_artifact
+    from edgeres.building import Int8Options, build_artifact
 
     calib = make_jpegs(args.work / "jpegs", 512)
     plan = [tuple(int(v) for v in item.split(":")) for item in args.calls.split(",")]
@@ -49,7 +49,8 @@ def main() -> None:
         built = {}
         for precision in PRECISIONS:
             result = build_artifact(onnx_path, precision=precision, backend="onnxruntime", calib_dir=calib,
-                                    calib_method="minmax", calib_images=32, profile=BatchProfile(1, 8, 8),
+                                    int8=Int8Options(calib_method="minmax", calib_images=32),
+                                    profile=BatchProfile(1, 8, 8),
                                     out_dir=args.work / "artifacts", force=True, verify_images=8, quiet=True)
             built[precision] = result
         runners = {p: backends.open(r.artifact) for p, r in built.items()}

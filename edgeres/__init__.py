@@ -78,6 +78,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "CheckResult": ("edgeres.checking", "CheckResult"),
     "Verdict": ("edgeres.checking", "Verdict"),
     "TensorRTOptions": ("edgeres.backends.options", "TensorRTOptions"),
+    "Int8Options": ("edgeres.building", "Int8Options"),
     "LatencyPlan": ("edgeres.latency_gate", "LatencyPlan"),
     "SensitivityReport": ("edgeres.sensitivity", "SensitivityReport"),
 }
@@ -110,7 +111,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time __getattr__ 
     from edgeres.backends import open
     from edgeres.backends.base import BackendName, BatchProfile, Precision, Runner, Sidecar
     from edgeres.benchmarking import BenchResult
-    from edgeres.building import BuildResult
+    from edgeres.building import BuildResult, Int8Options
     from edgeres.building import build_artifact as build
     from edgeres.checking import CheckResult, Tolerances, Verdict, check
     from edgeres.data import load_batch

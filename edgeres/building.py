@@ -12,6 +12,7 @@ artifact against the FP32 ONNX on a few calibration images (top-1 agreement, max
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -87,31 +88,26 @@ class BuildResult:
 
 def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision | str,
                    backend: BackendName | str = BackendName.AUTO, calib_dir: str | os.PathLike[str] | None = None,
-                   calib_method: str = "entropy", calib_images: int = 512, profile: BatchProfile = BatchProfile(),
+                   int8: Int8Options | None = None, profile: BatchProfile = BatchProfile(),
                    out_dir: str | os.PathLike[str] | None = None, force: bool = False, threads: int | None = None,
-                   verify_images: int = VERIFY_IMAGES, quiet: bool = False, max_drop: float | None = None,
-                   eval_data: str | os.PathLike[str] | None = None, exclude_layers: Sequence[str] = (),
-                   equalize: bool = False, tensorrt: TensorRTOptions = TensorRTOptions()) -> BuildResult:
+                   verify_images: int = VERIFY_IMAGES, quiet: bool = False,
+                   tensorrt: TensorRTOptions = TensorRTOptions()) -> BuildResult:
     """Build an artifact for ``backend`` at ``precision`` and verify it against the FP32 ONNX.
 
     Args:
         model_path: an exported ``.onnx`` (with its card) or an edgeres ``.pt`` checkpoint (exported first).
         precision: fp32, fp16 or int8.
         backend: auto, tensorrt or onnxruntime.
-        calib_dir: calibration images for int8; None = the calibration set recorded in the model card.
-        calib_method: entropy, minmax, percentile or mse.
-        calib_images: calibration images to sample.
+        calib_dir: calibration images for int8, and the images the verification runs on at every precision;
+            None = the calibration set recorded in the model card.
+        int8: how an int8 build calibrates and what it leaves in float (:class:`Int8Options`); its float
+            options (``max_drop``, ``exclude_layers``, ``equalize``) are refused at other precisions.
         profile: batch sizes the artifact must accept.
         out_dir: where the artifact (and ranges, and an exported ONNX) go; None = beside the model.
         force: replace an existing artifact (and re-export a checkpoint).
         threads: ONNX Runtime intra-op threads recorded for the artifact's runners.
         verify_images: images used for the check against FP32 (0 skips it).
         quiet: no progress bars.
-        max_drop: int8: an accuracy budget in top-1 percentage points against FP32; the most sensitive layers
-            stay in float until the drop measured on ``eval_data`` is within it (:func:`edgeres.sensitivity.fit_budget`).
-        eval_data: labelled held-out images for ``max_drop`` (default: the card's validation set).
-        exclude_layers: int8: node names always left in float.
-        equalize: int8: cross-layer range equalisation before calibration.
         tensorrt: how TensorRT builds the engine (int8 mode, workspace, timing cache, optimisation level, DLA core,
             version compatibility, the int8 float layers' precision, TF32); ONNX Runtime ignores them.
 
@@ -122,8 +118,8 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
 
     start = time.perf_counter()
     precision = Precision(precision)
-    mixed = _MixedPrecision(max_drop, eval_data, tuple(exclude_layers), equalize)
-    mixed.check_options(precision)
+    int8 = int8 if int8 is not None else Int8Options()
+    int8.check_applies(precision)
     model_path = Path(model_path)
     out_dir = Path(out_dir) if out_dir is not None else model_path.parent
     chosen, reason = choose_backend(backend)
@@ -136,19 +132,18 @@ def build_artifact(model_path: str | os.PathLike[str], *, precision: Precision |
     try:
         with exclusive_lock(artifact, what="artifact"):  # two builds into one --out: the second is refused
             return _build_locked(model_path, artifact, precision=precision, chosen=chosen, reason=reason,
-                                 calib_dir=calib_dir, calib_method=calib_method, calib_images=calib_images,
-                                 profile=profile, out_dir=out_dir, force=force, threads=threads,
-                                 verify_images=verify_images, quiet=quiet, start=start,
-                                 mixed=mixed, tensorrt=tensorrt)
+                                 calib_dir=calib_dir, int8=int8, profile=profile, out_dir=out_dir, force=force,
+                                 threads=threads, verify_images=verify_images, quiet=quiet, start=start,
+                                 tensorrt=tensorrt)
     finally:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed build leaves no empty --out folder behind
 
 
 def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, chosen: BackendName, reason: str,
-                  calib_dir: Any, calib_method: str, calib_images: int, profile: BatchProfile, out_dir: Path,
-                  force: bool, threads: int | None, verify_images: int, quiet: bool, start: float,
-                  mixed: _MixedPrecision, tensorrt: TensorRTOptions) -> BuildResult:
+                  calib_dir: Any, int8: Int8Options, profile: BatchProfile, out_dir: Path, force: bool,
+                  threads: int | None, verify_images: int, quiet: bool, start: float,
+                  tensorrt: TensorRTOptions) -> BuildResult:
     from edgeres import backends
     from edgeres.backends import read_sidecar_for
     from edgeres.io import refuse_overwriting_inputs
@@ -167,14 +162,8 @@ def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, cho
     provenance: dict[str, Any] = {}
     keep: list[str] = []
     if precision is Precision.INT8:
-        exclude = mixed.layers(onnx_path)
-        ranges, ranges_path, reused = _ranges_for(onnx_path, card, calib_dir=calib_dir, method=calib_method,
-                                                  images=calib_images, out_dir=out_dir, force=force, quiet=quiet,
-                                                  equalize=mixed.equalize)
-        provenance = {"ranges_file": ranges_path.name, "method": ranges.method, "num_images": ranges.num_images,
-                      "model_sha256": ranges.model_sha256, "manifest_sha256": ranges.manifest_sha256,
-                      "ranges_reused": reused, "equalized": mixed.equalize}
-        keep = mixed.plan(onnx_path, ranges, exclude, quiet=quiet, provenance=provenance)
+        ranges, ranges_path, reused, provenance, keep = _int8_plan(onnx_path, card, int8, calib_dir=calib_dir,
+                                                                   out_dir=out_dir, force=force, quiet=quiet)
     backends.build(onnx_path, backend=chosen, precision=precision, out=artifact, profile=profile, ranges=ranges,
                    int8_provenance=provenance, threads=threads, progress=not quiet, tensorrt=tensorrt,
                    keep_fp32=keep)
@@ -187,6 +176,21 @@ def _build_locked(model_path: Path, artifact: Path, *, precision: Precision, cho
         result.notes += _notes(result)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _int8_plan(onnx_path: Path, card: ModelCard, int8: Int8Options, *, calib_dir: Any, out_dir: Path, force: bool,
+               quiet: bool) -> tuple[Any, Path, bool, dict[str, Any], list[str]]:
+    """The ranges (reused or calibrated now), their file and whether reused, the sidecar's int8 provenance, and the
+    layers to keep in float."""
+    exclude = int8.layers(onnx_path)
+    ranges, ranges_path, reused = _ranges_for(onnx_path, card, calib_dir=calib_dir, method=int8.calib_method,
+                                              images=int8.calib_images, out_dir=out_dir, force=force, quiet=quiet,
+                                              equalize=int8.equalize)
+    provenance = {"ranges_file": ranges_path.name, "method": ranges.method, "num_images": ranges.num_images,
+                  "model_sha256": ranges.model_sha256, "manifest_sha256": ranges.manifest_sha256,
+                  "ranges_reused": reused, "equalized": int8.equalize, "options": int8.to_dict()}
+    keep = int8.plan(onnx_path, ranges, exclude, quiet=quiet, provenance=provenance)
+    return ranges, ranges_path, reused, provenance, keep
 
 
 def _onnx_for(model_path: Path, *, out_dir: Path, force: bool, quiet: bool) -> tuple[Path, bool]:
@@ -326,20 +330,47 @@ def _norm(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class _MixedPrecision:
-    """What an INT8 build leaves in float: an accuracy budget, layers named by hand, range equalisation."""
+class Int8Options:
+    """How an INT8 build calibrates and what it leaves in float; recorded in the sidecar's ``int8`` section
+    (``options``, from :meth:`to_dict`)."""
 
-    max_drop: float | None
-    eval_data: Any
-    exclude_layers: tuple[str, ...]
-    equalize: bool
+    calib_method: str = "entropy"  # entropy, minmax, percentile or mse
+    calib_images: int = 512  # calibration images to sample
+    max_drop: float | None = None  # top-1 budget in pp vs FP32: the most sensitive layers stay in float until met
+    eval_data: Path | None = None  # labelled held-out images for max_drop; None: the card's validation set
+    exclude_layers: tuple[str, ...] = ()  # ONNX node names always left in float
+    equalize: bool = False  # cross-layer range equalisation before calibration
 
-    def check_options(self, precision: Precision) -> None:
-        """One-line errors for options that cannot apply, before any work."""
-        if precision is not Precision.INT8 and (self.max_drop is not None or self.exclude_layers or self.equalize):
-            raise InputError("--max-drop, --exclude-layers and --equalize apply to --precision int8 only")
+    def __post_init__(self) -> None:
+        from calibration import parse_method
+        from calibration.errors import CalibrationError
+
+        try:
+            object.__setattr__(self, "calib_method", parse_method(self.calib_method).value)
+        except CalibrationError as exc:
+            raise InputError(str(exc)) from exc
         if self.max_drop is not None and self.max_drop < 0:
             raise InputError(f"--max-drop must be 0 or more percentage points, got {self.max_drop}")
+        object.__setattr__(self, "exclude_layers", tuple(self.exclude_layers))
+        if self.eval_data is not None:
+            object.__setattr__(self, "eval_data", Path(self.eval_data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (paths as strings, layers as a list)."""
+        return {"calib_method": self.calib_method, "calib_images": self.calib_images, "max_drop": self.max_drop,
+                "eval_data": str(self.eval_data) if self.eval_data is not None else None,
+                "exclude_layers": list(self.exclude_layers), "equalize": self.equalize}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Int8Options:
+        """The options a sidecar's ``int8.options`` records (keys it lacks take the defaults)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+    def check_applies(self, precision: Precision) -> None:
+        """The float options mean nothing below int8: a one-line error before any work."""
+        if precision is not Precision.INT8 and (self.max_drop is not None or self.exclude_layers or self.equalize):
+            raise InputError("--max-drop, --exclude-layers and --equalize apply to --precision int8 only")
 
     def layers(self, onnx_path: Path) -> list[str]:
         """The --exclude-layers, each checked to name a quantizable layer of the model (before calibrating)."""
@@ -367,14 +398,13 @@ class _MixedPrecision:
 
 def _ranges_for(onnx_path: Path, card: ModelCard, *, calib_dir: Any, method: str, images: int, out_dir: Path,
                 force: bool, quiet: bool, equalize: bool = False) -> tuple[Any, Path, bool]:
-    from calibration import content_hash, parse_method
+    from calibration import content_hash
     from calibration.errors import CalibrationError
 
     from edgeres.calibrating import DEFAULT_BATCH, calibrate
     from edgeres.io import sha256_file
 
-    try:
-        method = parse_method(method).value
+    try:  # method: already checked and normalised by Int8Options
         chosen = calibration_images(onnx_path, card, calib_dir=calib_dir, images=images)
         manifest = content_hash(chosen)  # by content: a `cd` does not change it
     except CalibrationError as exc:

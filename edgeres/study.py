@@ -202,7 +202,7 @@ def measure_network(checkpoint: Path, *, name: str, config: StudyConfig, quiet: 
     import torch
 
     from edgeres.backends import open as open_runner
-    from edgeres.building import build_artifact
+    from edgeres.building import Int8Options, build_artifact
     from edgeres.exporting import export_onnx
     from edgeres.sensitivity import labelled_images, measure_sensitivity
     from edgeres.training import load_checkpoint
@@ -212,9 +212,9 @@ def measure_network(checkpoint: Path, *, name: str, config: StudyConfig, quiet: 
     onnx_path = export_onnx(checkpoint, out=checkpoint.with_suffix(".onnx"), force=True, quiet=quiet).path
     fp32 = build_artifact(onnx_path, precision="fp32", backend="onnxruntime", threads=config.threads,
                           verify_images=0, force=True, quiet=quiet)
-    int8 = build_artifact(onnx_path, precision="int8", backend="onnxruntime", calib_method="entropy",
-                          calib_images=config.calib_images, threads=config.threads, verify_images=0, force=True,
-                          quiet=quiet)
+    int8 = build_artifact(onnx_path, precision="int8", backend="onnxruntime",
+                          int8=Int8Options(calib_method="entropy", calib_images=config.calib_images),
+                          threads=config.threads, verify_images=0, force=True, quiet=quiet)
     images, labels, where = labelled_images(onnx_path)
     row: dict[str, Any] = {
         "network": name, "residual": name.startswith("resnet"), "depth": int(re.sub(r"\D", "", name)),

@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeres.backends import BatchProfile, sidecar_path
-from edgeres.building import build_artifact, build_table
+from edgeres.backends import BatchProfile, Precision, sidecar_path
+from edgeres.building import Int8Options, build_artifact, build_table
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import InputError
 from helpers.models import export_tiny, tiny_resnet20
 
 CLASSES = [f"c{i}" for i in range(4)]
+MINMAX, PERCENTILE = Int8Options(calib_method="minmax"), Int8Options(calib_method="percentile")
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -102,8 +103,8 @@ def test_int8_build_calibrates_then_reuses_only_matching_ranges(world: dict[str,
         (calib / sub.name).mkdir()
         for f in sub.iterdir():
             (calib / sub.name / f.name).write_bytes(f.read_bytes())
-    first = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
-                           out_dir=tmp_path, quiet=True)
+    first = build_artifact(world["plain"], precision="int8", calib_dir=calib, int8=MINMAX, out_dir=tmp_path,
+                           quiet=True)
     assert first.ranges == tmp_path / "plain.minmax.ranges.json" and first.ranges_reused is False
     ops = {n.op_type for n in onnx.load(str(first.artifact)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -113,18 +114,19 @@ def test_int8_build_calibrates_then_reuses_only_matching_ranges(world: dict[str,
     v = first.verification
     assert v.source == "calibration images" and v.top1_agreement >= 0.75 and 0 < v.max_abs_diff < 1.0
 
-    again = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
-                           out_dir=tmp_path, force=True, quiet=True)
+    again = build_artifact(world["plain"], precision="int8", calib_dir=calib, int8=MINMAX, out_dir=tmp_path,
+                           force=True, quiet=True)
     assert again.ranges_reused is True
 
     _images(calib / "extra", 1, seed=9)  # a changed calibration set: the old ranges are stale
-    stale = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
-                           out_dir=tmp_path, force=True, quiet=True)
+    stale = build_artifact(world["plain"], precision="int8", calib_dir=calib, int8=MINMAX, out_dir=tmp_path,
+                           force=True, quiet=True)
     assert stale.ranges_reused is False
     assert json.loads(stale.ranges.read_text())["manifest_sha256"] != sidecar["int8"]["manifest_sha256"]
 
-    fewer = build_artifact(world["plain"], precision="int8", calib_dir=calib, calib_method="minmax",
-                           calib_images=8, out_dir=tmp_path, force=True, quiet=True)
+    fewer = build_artifact(world["plain"], precision="int8", calib_dir=calib,
+                           int8=Int8Options(calib_method="minmax", calib_images=8), out_dir=tmp_path, force=True,
+                           quiet=True)
     assert fewer.ranges_reused is False and json.loads(fewer.ranges.read_text())["num_images"] == 8
 
     other = tmp_path / "other"
@@ -132,8 +134,9 @@ def test_int8_build_calibrates_then_reuses_only_matching_ranges(world: dict[str,
     retrained = _export(_model(seed=5), other / "plain.onnx", _card())  # same name, other weights
     moved = tmp_path / "plain.onnx"
     moved.write_bytes(retrained.read_bytes())
-    newmodel = build_artifact(moved, precision="int8", calib_dir=calib, calib_method="minmax", calib_images=8,
-                              out_dir=tmp_path, force=True, quiet=True)
+    newmodel = build_artifact(moved, precision="int8", calib_dir=calib,
+                              int8=Int8Options(calib_method="minmax", calib_images=8), out_dir=tmp_path, force=True,
+                              quiet=True)
     assert newmodel.ranges_reused is False
 
 
@@ -144,12 +147,12 @@ def test_int8_reuses_calibrate_output_beside_the_model_only_with_the_same_option
     model = tmp_path / "m.onnx"
     model.write_bytes(world["plain"].read_bytes())
     calibrate(model, data=world["calib"], method="percentile", batch_size=8, quiet=True).save(tmp_path / "m.ranges.json")
-    first = build_artifact(model, precision="int8", calib_dir=world["calib"], calib_method="percentile",
+    first = build_artifact(model, precision="int8", calib_dir=world["calib"], int8=PERCENTILE,
                            out_dir=tmp_path / "out", quiet=True)
     assert first.ranges_reused is True and first.ranges == tmp_path / "m.ranges.json"
     other = calibrate(model, data=world["calib"], method="percentile", batch_size=8, quiet=True, percentile=99.0)
     other.save(tmp_path / "m.ranges.json")
-    second = build_artifact(model, precision="int8", calib_dir=world["calib"], calib_method="percentile",
+    second = build_artifact(model, precision="int8", calib_dir=world["calib"], int8=PERCENTILE,
                             out_dir=tmp_path / "out", force=True, quiet=True)
     assert second.ranges_reused is False and second.ranges == tmp_path / "out" / "m.percentile.ranges.json"
 
@@ -158,8 +161,7 @@ def test_int8_without_calib_uses_the_cards_set_or_says_how(world: dict[str, Path
     with pytest.raises(InputError, match="pass --calib DIR"):
         build_artifact(world["plain"], precision="int8", out_dir=tmp_path, quiet=True)
     assert not list(tmp_path.iterdir())  # nothing half-written
-    result = build_artifact(world["with_data"], precision="int8", calib_method="minmax", out_dir=tmp_path,
-                            quiet=True)
+    result = build_artifact(world["with_data"], precision="int8", int8=MINMAX, out_dir=tmp_path, quiet=True)
     assert result.ranges_reused is False
     assert json.loads(result.ranges.read_text())["num_images"] == 24  # the card's train/ set: 4 classes x 6
     assert result.verification.source == "calibration images"
@@ -226,3 +228,38 @@ def test_cli_build_hands_its_tensorrt_flags_over_as_one_options_object(world: di
     assert ("ONNX Runtime ignores the TensorRT option(s) --workspace, --dla-core, --no-tf32, --int8-mode implicit"
             in res.output)
     assert (tmp_path / "plain.fp32.onnx").is_file()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"calib_method": "kl"}, "unknown calibration method 'kl'; choose one of: "),
+    ({"max_drop": -0.5}, "--max-drop must be 0 or more percentage points, got -0.5"),
+])
+def test_int8_options_refuse_bad_values_where_they_are_made(kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        Int8Options(**kwargs)
+    assert str(err.value).startswith(message)
+
+
+def test_int8_options_normalise_and_refuse_float_options_below_int8(tmp_path: Path) -> None:
+    from calibration import Method
+
+    options = Int8Options(calib_method=Method.MINMAX, eval_data=str(tmp_path), exclude_layers=["/a/Conv"])
+    assert options.calib_method == "minmax" and options.eval_data == tmp_path
+    assert options.exclude_layers == ("/a/Conv",)
+    assert Int8Options.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+    Int8Options(calib_method="mse", calib_images=8).check_applies(Precision.FP16)  # calibration-only: ignored
+    for floats in ({"max_drop": 0.0}, {"exclude_layers": ("/a/Conv",)}, {"equalize": True}):
+        with pytest.raises(InputError, match="apply to --precision int8 only"):
+            Int8Options(**floats).check_applies(Precision.FP32)
+    Int8Options(max_drop=0.0, equalize=True).check_applies(Precision.INT8)
+
+
+def test_the_int8_section_records_the_int8_options_and_gives_them_back(world: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    options = Int8Options(calib_method="minmax", calib_images=8, equalize=True)
+    result = build_artifact(world["plain"], precision="int8", calib_dir=world["calib"], int8=options,
+                            out_dir=tmp_path, verify_images=0, quiet=True)
+    int8 = json.loads(sidecar_path(result.artifact).read_text())["int8"]
+    assert int8["options"] == options.to_dict() and int8["num_images"] == 8 and int8["equalized"] is True
+    assert Int8Options.from_dict(int8["options"]) == options
+    assert result.ranges == tmp_path / "plain.minmax.eq.ranges.json"

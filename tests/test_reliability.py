@@ -15,7 +15,7 @@ from click.testing import Result
 from PIL import Image
 
 from edgeres.backends import BatchProfile, sidecar_path
-from edgeres.building import build_artifact
+from edgeres.building import Int8Options, build_artifact
 from edgeres.card import ModelCard, Preprocess
 from edgeres.errors import BackendError, GateInputError, InputError, ModelError, WriteError
 from helpers.cli import invoke
@@ -83,7 +83,8 @@ def test_build_reuses_an_export_by_checkpoint_content_never_by_file_time(tmp_pat
     assert rebuilt.exported
     # the same checkpoint, whatever its time stamp (here: newer than the ONNX): reused
     os.utime(ckpt, (2e9, 2e9))
-    again = build_artifact(ckpt, precision="int8", calib_dir=images, calib_images=8, verify_images=0, quiet=True)
+    again = build_artifact(ckpt, precision="int8", calib_dir=images, int8=Int8Options(calib_images=8), verify_images=0,
+                           quiet=True)
     assert not again.exported
 
 
@@ -236,12 +237,13 @@ def test_a_stale_method_ranges_file_is_not_replaced_without_force(built: dict[st
     stale.write_text(json.dumps(data))
     before = stale.read_bytes()
     with pytest.raises(InputError, match="m.minmax.ranges.json exists but does not fit this build .* --force"):
-        build_artifact(model, precision="int8", calib_dir=images, calib_method="minmax", calib_images=8,
-                       verify_images=0, quiet=True)
+        build_artifact(model, precision="int8", calib_dir=images,
+                       int8=Int8Options(calib_method="minmax", calib_images=8), verify_images=0, quiet=True)
     assert stale.read_bytes() == before
     assert not (tmp_path / "m.int8.onnx").exists()
-    result = build_artifact(model, precision="int8", calib_dir=images, calib_method="minmax", calib_images=8,
-                            verify_images=0, force=True, quiet=True)
+    result = build_artifact(model, precision="int8", calib_dir=images,
+                            int8=Int8Options(calib_method="minmax", calib_images=8), verify_images=0, force=True,
+                            quiet=True)
     assert result.ranges == stale and json.loads(stale.read_text())["num_images"] == 8
 
 
@@ -275,8 +277,8 @@ def test_force_rebuilds_edgeres_artifacts_but_never_a_users_file(built: dict[str
     assert invoke("quantize", model, "--ranges", built["ranges"], "--out", mine).exit_code == 0
     before = mine.read_bytes()
     with pytest.raises(InputError, match="not an edgeres artifact"):
-        build_artifact(model, precision="int8", calib_dir=images, calib_images=8, verify_images=0, force=True,
-                       quiet=True)
+        build_artifact(model, precision="int8", calib_dir=images, int8=Int8Options(calib_images=8), verify_images=0,
+                       force=True, quiet=True)
     assert mine.read_bytes() == before
 
 
