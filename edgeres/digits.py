@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 DIGITS_CLASSES = [str(d) for d in range(10)]
 # Mean and std of the seed-0 training split after the 8x8 -> 32x32 bilinear resize, in [0, 1] pixel units
-# (recomputed by tests/test_digits.py).
+# (recomputed by tests/edgeres/test_digits.py).
 DIGITS_MEAN = 0.3052
 DIGITS_STD = 0.3231
 

@@ -15,7 +15,7 @@ import pytest
 import edgeres
 from edgeres.errors import DataError, InputError, UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_pipeline() -> str:

@@ -1,4 +1,4 @@
-"""The TensorRT backend on a real GPU (``pytest -m gpu``): the same flow as test_backend_tensorrt.py, for real.
+"""The TensorRT backend on a real GPU (``pytest -m gpu``): the same flow as test_tensorrt.py, for real.
 
 Skipped cleanly where CUDA (pycuda + a device) or TensorRT is missing; the pycuda-only test needs CUDA but not
 TensorRT, so the runtime's memory path (pinned copies, stream, events, use from another thread) can be proven on

@@ -644,7 +644,7 @@ def test_an_older_runtime_refuses_a_version_compatible_engine(monkeypatch, fp32_
     out, _ = _build(fp32_onnx, tmp_path, card, Precision.FP32, version_compatible=True)
     from edgeres import backends
 
-    install(monkeypatch, "10.3.0" if (Path(__file__).parent / "trt_api" / "10.3.0.json").is_file() else "8.6.1")
+    install(monkeypatch, "10.3.0" if (Path(__file__).parents[2] / "trt_api" / "10.3.0.json").is_file() else "8.6.1")
     with pytest.raises(BackendError, match="same or a later TensorRT"):
         backends.open(out)
 

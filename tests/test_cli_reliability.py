@@ -1,5 +1,5 @@
 """Issue 16's principles, one class of failure per test: never deploy the wrong model, never write over the user's
-files, clear messages. (Input validation: test_schema.py; I/O faults and signals: test_faults.py.)"""
+files, clear messages. (Input validation: test_schema.py; I/O faults and signals: test_cli_faults.py.)"""
 from __future__ import annotations
 
 import json

@@ -10,7 +10,7 @@ from trt_double import PYCUDA_VERSIONS, FakeGpu, hold_driver, load_pycuda_surfac
 from trt_double._cuda import make_driver
 from trt_double._pycuda_surface import names_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # code compiled under this name runs as the code under test does (outside tests/)
 UNDER_TEST = str(ROOT / "edgeres" / "backends" / "_surface_probe.py")
 

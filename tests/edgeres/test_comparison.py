@@ -249,6 +249,6 @@ def test_the_module_imports_numpy_only() -> None:
 
     code = ("import sys, edgeres.comparison; print(','.join(m for m in ('torch', 'onnxruntime', 'onnx', 'PIL') "
             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == ""

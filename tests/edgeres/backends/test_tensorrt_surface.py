@@ -11,7 +11,7 @@ import pytest
 from trt_double import PYCUDA_VERSIONS, VERSIONS, FakeGpu, load_surface, make_tensorrt, supported_names
 from trt_double._cuda import make_driver
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 BACKENDS = ROOT / "edgeres" / "backends"
 # every module that holds TensorRT or pycuda objects (test_sources_cover_every_module_that_reaches_tensorrt)
 TRT_PACKAGE = BACKENDS / "tensorrt"
