@@ -8,25 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import Result
 
 from edgeres import exporting as export_mod
 from edgeres.errors import InputError
-from helpers.cli import invoke
+from helpers.cli import assert_one_line_error, invoke
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
-
-
-def assert_one_line_error(result: Result, *needles: str, exit_code: int = 1) -> str:
-    """A click error: the given exit code, exactly one `Error:` line containing every needle, no traceback."""
-    assert result.exit_code == exit_code, result.output
-    assert isinstance(result.exception, SystemExit)  # click exited on purpose; nothing escaped
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def _names(folder: Path) -> list[str]:

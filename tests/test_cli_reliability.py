@@ -11,27 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import Result
 from PIL import Image
 
-from edgeres.backends import BatchProfile, sidecar_path
+from edgeres.backends import sidecar_path
 from edgeres.building import Int8Options, build_artifact
 from edgeres.card import ModelCard, Preprocess
-from edgeres.errors import BackendError, GateInputError, InputError, ModelError, WriteError
-from helpers.cli import invoke
+from edgeres.errors import BackendError, InputError, WriteError
+from helpers.cli import assert_one_line_error, invoke
 from helpers.models import TINY_CLASSES, export_tiny, make_tiny_onnx, tiny_resnet20
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
-
-
-def one_line_error(result: Result, *needles: str, exit_code: int = 1) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def _card(classes: list[str] = TINY_CLASSES, **dataset: str) -> ModelCard:
@@ -103,7 +92,7 @@ def test_check_refuses_a_reference_that_is_not_the_artifacts_source(tmp_path: Pa
     base = tmp_path / "base.json"
     res = invoke("check", art, "--baseline", base, "--data", images, "--reference", other, "--update-baseline",
                  "--no-latency")
-    one_line_error(res, "--reference", "is not the model", "built from", exit_code=2)
+    assert_one_line_error(res, "--reference", "is not the model", "built from", exit_code=2)
     assert not base.exists()
     # a quantize output names its FP32 model too
     qdq = tmp_path / "good.qdq.onnx"
@@ -111,7 +100,7 @@ def test_check_refuses_a_reference_that_is_not_the_artifacts_source(tmp_path: Pa
     assert invoke("quantize", good, "--ranges", tmp_path / "good.ranges.json", "--out", qdq).exit_code == 0
     res = invoke("check", qdq, "--baseline", base, "--data", images, "--reference", other, "--update-baseline",
                  "--no-latency")
-    one_line_error(res, "is not the model", exit_code=2)
+    assert_one_line_error(res, "is not the model", exit_code=2)
     # the right reference passes
     for artifact in (art, qdq):
         res = invoke("check", artifact, "--baseline", base, "--data", images, "--reference", good,
@@ -124,13 +113,13 @@ def test_training_that_diverges_stops_with_an_error_and_writes_no_checkpoint(dig
     out = tmp_path / "m.pt"
     res = invoke("train", digits_slice, "--out", out, "--epochs", "2", "--batch-size", "8", "--lr", "1e6",
                  "--threads", "1")
-    one_line_error(res, "training diverged", "--lr")
+    assert_one_line_error(res, "training diverged", "--lr")
     assert not out.exists()
 
 
 def test_export_and_build_refuse_non_finite_weights(tmp_path: Path, images: Path) -> None:
     ckpt = _checkpoint(tmp_path / "nan.pt", seed=1, nan=True)
-    one_line_error(invoke("export", ckpt, "--out", tmp_path / "nan.onnx"), "non-finite weights", "conv1.weight")
+    assert_one_line_error(invoke("export", ckpt, "--out", tmp_path / "nan.onnx"), "non-finite weights", "conv1.weight")
     assert not (tmp_path / "nan.onnx").exists()
     model = tiny_resnet20(seed=1)
     with torch.no_grad():
@@ -138,7 +127,7 @@ def test_export_and_build_refuse_non_finite_weights(tmp_path: Path, images: Path
     onnx_path = export_tiny(model, tmp_path / "inf.onnx", _card())
     before = _files(tmp_path)
     res = invoke("build", onnx_path, "--precision", "fp32", "--calib", images)
-    one_line_error(res, "non-finite weights")
+    assert_one_line_error(res, "non-finite weights")
     assert _files(tmp_path) == before  # nothing written
 
 
@@ -159,16 +148,16 @@ def test_infer_refuses_nan_scores_instead_of_writing_them(tmp_path: Path, images
     onnx_path = export_tiny(model, tmp_path / "nan.onnx", _card())
     out = tmp_path / "r.json"
     res = invoke("infer", onnx_path, images, "--out", out, "--json")
-    one_line_error(res, "NaN or infinite scores")
+    assert_one_line_error(res, "NaN or infinite scores")
     assert not out.exists() and ": NaN" not in res.output
 
 
 def test_a_card_whose_class_count_differs_from_the_outputs_is_refused(tmp_path: Path, images: Path) -> None:
     onnx_path = export_tiny(tiny_resnet20(seed=1), tmp_path / "m.onnx", _card(TINY_CLASSES[:3]))
-    one_line_error(invoke("build", onnx_path, "--precision", "fp32", "--calib", images, "--out", tmp_path / "o"),
+    assert_one_line_error(invoke("build", onnx_path, "--precision", "fp32", "--calib", images, "--out", tmp_path / "o"),
                    "not class scores", "3 classes")
     assert not (tmp_path / "o").exists()
-    one_line_error(invoke("infer", onnx_path, images), "10 scores per image", "3 classes")
+    assert_one_line_error(invoke("infer", onnx_path, images), "10 scores per image", "3 classes")
 
 
 def test_a_sidecar_whose_class_names_were_edited_is_refused(tmp_path: Path, images: Path) -> None:
@@ -178,7 +167,7 @@ def test_a_sidecar_whose_class_names_were_edited_is_refused(tmp_path: Path, imag
     data = json.loads(side.read_text())
     data["card"]["class_names"] = list(reversed(data["card"]["class_names"]))
     side.write_text(json.dumps(data))
-    one_line_error(invoke("infer", art, images), "model card", "was edited")
+    assert_one_line_error(invoke("infer", art, images), "model card", "was edited")
     with pytest.raises(BackendError, match="was edited"):
         from edgeres import backends
 
@@ -220,7 +209,7 @@ def test_no_command_writes_over_its_own_inputs(args: list[str], victim: str, bui
     watched = {p: p.read_bytes() for p in built["root"].iterdir() if p.is_file()}
     res = invoke(*[a.format(**names) for a in args])
     assert res.exit_code in (1, 2), res.output
-    one_line_error(res, exit_code=res.exit_code)
+    assert_one_line_error(res, exit_code=res.exit_code)
     assert "input of this command" in res.output or "are the same file" in res.output, res.output
     assert {p: p.read_bytes() for p in watched} == watched  # no user file changed, the victim included
     assert not [p for p in built["root"].iterdir() if p.name.endswith(".tmp")]
@@ -330,7 +319,7 @@ def test_models_edgeres_cannot_serve_are_refused_before_anything_is_written(kind
         path.write_bytes(data[:len(data) // 2])
     out = tmp_path / "out"
     res = invoke("build", path, "--precision", "fp32", "--calib", images, "--out", out)
-    one_line_error(res, needle)
+    assert_one_line_error(res, needle)
     assert not out.exists() and [p.name for p in src.iterdir()] == ["m.onnx"]
     if kind == "fixed batch 1":  # what to do instead works
         res = invoke("build", path, "--precision", "fp32", "--calib", images, "--out", out, "--batch", "1")
@@ -342,7 +331,7 @@ def test_models_edgeres_cannot_serve_are_refused_before_anything_is_written(kind
 
 def test_build_names_its_own_calib_option_for_an_empty_folder(built: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    err = one_line_error(invoke("build", built["model"], "--precision", "int8", "--calib", tmp_path / "empty",
+    err = assert_one_line_error(invoke("build", built["model"], "--precision", "int8", "--calib", tmp_path / "empty",
                                 "--out", tmp_path / "o"), "holds no calibration images", "pass --calib")
     assert "--data" not in err
 
@@ -362,14 +351,14 @@ def test_an_oversized_image_names_the_option_that_admits_it(built: dict[str, Pat
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((100, 100), np.uint8), "L").save(big)
     res = invoke("--max-image-pixels", "5000", "infer", built["model"], big)
-    err = one_line_error(res, "decompression bomb", "--max-image-pixels")
+    err = assert_one_line_error(res, "decompression bomb", "--max-image-pixels")
     assert "PIL.Image" not in err
     assert invoke("--max-image-pixels", "20000", "infer", built["model"], big).exit_code == 0
 
 
 def test_an_opset_torch_cannot_write_is_one_short_line(built: dict[str, Path], tmp_path: Path) -> None:
     res = invoke("export", built["ckpt"], "--out", tmp_path / "m.onnx", "--opset", "99")
-    one_line_error(res, "--opset must be at most")
+    assert_one_line_error(res, "--opset must be at most")
     assert len(res.output.splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
 
 
