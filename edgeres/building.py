@@ -349,8 +349,10 @@ class Int8Options:
             object.__setattr__(self, "calib_method", parse_method(self.calib_method).value)
         except CalibrationError as exc:
             raise InputError(str(exc)) from exc
-        if self.max_drop is not None and self.max_drop < 0:
+        if self.max_drop is not None and not self.max_drop >= 0:  # NaN too: no drop would ever exceed it
             raise InputError(f"--max-drop must be 0 or more percentage points, got {self.max_drop}")
+        if not self.calib_images >= 1:
+            raise InputError(f"--calib-images must be at least 1, got {self.calib_images}")
         object.__setattr__(self, "exclude_layers", tuple(self.exclude_layers))
         if self.eval_data is not None:
             object.__setattr__(self, "eval_data", Path(self.eval_data))

@@ -52,7 +52,7 @@ from edgeres.probe import ProbeSpec
 from edgeres.provenance import check_reference
 from edgeres.stats import Verdict, pooled_statistic
 from edgeres.subject import (  # Subject: re-exported
-    Subject, open_runner, open_subject, served_reference, served_side_by_side,
+    Subject, open_runner, open_subject, refuse_bad_subject, served_reference, served_side_by_side,
 )
 from edgeres.verdict import CheckResult, Row  # re-exported
 
@@ -71,8 +71,8 @@ class Tolerances:
 
     def __post_init__(self) -> None:
         for name in ("accuracy_pp", "latency_median", "latency_p99"):
-            if getattr(self, name) < 0:
-                raise GateInputError(f"tolerance {name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:  # NaN too: every comparison with it is False, so it would pass all
+                raise GateInputError(f"tolerance {name} must be a number >= 0, got {getattr(self, name)}")
         if not 0 < self.reference_ratio <= 1:
             raise GateInputError(f"reference ratio must be in (0, 1], got {self.reference_ratio}")
 
@@ -365,10 +365,10 @@ def _refuse_unsafe_outputs(artifact: str | Path | None, baseline: str | Path, *,
                            report: str | Path | None) -> None:
     """Before any work: no output (JUnit, report, a baseline being written) is an input or another output, and
     each output's folder can be written."""
-    from edgeres.backends.base import sidecar_path
+    from edgeres.backends.base import artifact_inputs
 
-    inputs = {"ARTIFACT": artifact, "ARTIFACT's sidecar": sidecar_path(Path(artifact)) if artifact else None,
-              "--reference": reference, "--data": data, "--baseline": None if update_baseline else baseline}
+    inputs = {**(artifact_inputs(artifact) if artifact is not None else {}), "--reference": reference,
+              "--data": data, "--baseline": None if update_baseline else baseline}
     outputs_safe(inputs, {"--junit": junit, "--report": report, "--baseline": baseline if update_baseline else None})
 
 
@@ -442,17 +442,22 @@ def check(artifact: str | Path | None = None, *, baseline: str | Path, server: s
             image. A gate that cannot run never reads as a regression.
     """
     try:
+        refuse_bad_subject(artifact, server=server, model=model)
         _refuse_unsafe_outputs(artifact, baseline, data=data, reference=reference, update_baseline=update_baseline,
                                junit=junit, report=report)
         result = _gate(artifact, baseline, server=server, model=model, data=data, reference=reference,
                        tolerances=tolerances, update_baseline=update_baseline, allow_mismatch=allow_mismatch,
                        latency=latency, plan=plan, threads=threads, seed=seed, side_by_side=side_by_side,
                        runner=runner, baseline_runner=baseline_runner, probe=probe, quiet=quiet)
+        write_reports(result, junit=junit, report=report, label=str(artifact) if artifact is not None else None)
     except EdgeresError as exc:
         if exc.exit_code == 2:
             raise
         raise GateInputError(str(exc)) from exc  # any error that stops the gate is exit 2, never "regression"
-    write_reports(result, junit=junit, report=report, label=str(artifact) if artifact is not None else None)
+    except OSError as exc:  # e.g. the disk filled while writing the reports
+        from edgeres.io import describe_os_error
+
+        raise GateInputError(describe_os_error(exc)) from exc
     return result
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +94,10 @@ class LatencyPlan:
                                                   or self.trial_iterations < 1):
             raise GateInputError(f"latency plan: trial iterations must be an integer >= 1 (or None for a "
                                  f"duration), got {self.trial_iterations!r}")
-        if self.trial_iterations is None and (self.trial_duration_s is None or not self.trial_duration_s > 0):
-            raise GateInputError(f"latency plan: the trial duration must be > 0 s (or give trial iterations), got "
-                                 f"{self.trial_duration_s!r}; e.g. --trial-duration 500ms")
+        duration = self.trial_duration_s
+        if self.trial_iterations is None and (duration is None or not 0 < duration < math.inf):
+            raise GateInputError(f"latency plan: the trial duration must be > 0 s and finite (or give trial "
+                                 f"iterations), got {duration!r}; e.g. --trial-duration 500ms")
         if not self.warmup_s >= 0:
             raise GateInputError(f"latency plan: warmup must be >= 0 s, got {self.warmup_s!r}")
 

@@ -299,7 +299,7 @@ def fit_budget(model_path: str | os.PathLike[str], ranges: Any, images: np.ndarr
     """
     from edgeres.ranges import load_ranges_for
 
-    if max_drop_pp < 0:
+    if not max_drop_pp >= 0:  # NaN too
         raise InputError(f"--max-drop must be 0 or more percentage points, got {max_drop_pp}")
     model_path = Path(model_path)
     ranges = load_ranges_for(model_path, ranges)

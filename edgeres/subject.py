@@ -49,15 +49,20 @@ class Subject:
         return str(self.artifact) if self.artifact is not None else self.info.path
 
 
-def open_subject(artifact: str | Path | None, *, server: str | None, model: str | None, runner: Runner | None,
-                 threads: int | None, spinning: bool, stack: contextlib.ExitStack) -> Subject:
-    """Open what is gated (entered on ``stack``, unless ``runner`` is given) and describe its identity."""
+def refuse_bad_subject(artifact: str | Path | None, *, server: str | None, model: str | None) -> None:
+    """Exactly one of ARTIFACT and --server, and --model only with --server (checked before any file is read)."""
     if (artifact is None) == (server is None):
         raise GateInputError("give ARTIFACT or --server URL (with --model NAME when it serves several), not both"
                              if artifact is not None else "nothing to check: give ARTIFACT or --server URL")
+    if artifact is not None and model is not None:
+        raise GateInputError("--model names a served model; it goes with --server URL, not with ARTIFACT")
+
+
+def open_subject(artifact: str | Path | None, *, server: str | None, model: str | None, runner: Runner | None,
+                 threads: int | None, spinning: bool, stack: contextlib.ExitStack) -> Subject:
+    """Open what is gated (entered on ``stack``, unless ``runner`` is given) and describe its identity."""
+    refuse_bad_subject(artifact, server=server, model=model)
     if artifact is not None:
-        if model is not None:
-            raise GateInputError("--model names a served model; it goes with --server URL, not with ARTIFACT")
         if runner is None:
             runner = stack.enter_context(open_runner(artifact, threads, spinning=spinning))
         info = describe_artifact(artifact, runner=runner)

@@ -42,10 +42,12 @@ class TensorRTOptions:
         if self.high_precision not in HIGH_PRECISIONS:
             raise InputError(f"--high-precision must be one of {', '.join(HIGH_PRECISIONS)}, "
                              f"got {self.high_precision!r}")
-        if self.workspace_mb is not None and self.workspace_mb <= 0:
+        if self.workspace_mb is not None and not self.workspace_mb > 0:  # NaN too
             raise InputError(f"--workspace must be a positive number of MiB, got {self.workspace_mb}")
         if self.opt_level is not None and self.opt_level not in OPT_LEVELS:
             raise InputError(f"--opt-level must be 0..5, got {self.opt_level}")
+        if self.dla_core is not None and not self.dla_core >= 0:
+            raise InputError(f"--dla-core must be a DLA core number (0, 1, ...), got {self.dla_core}")
         if self.timing_cache is not None:
             object.__setattr__(self, "timing_cache", Path(self.timing_cache))
 

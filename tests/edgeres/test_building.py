@@ -233,6 +233,8 @@ def test_cli_build_hands_its_tensorrt_flags_over_as_one_options_object(world: di
 @pytest.mark.parametrize("kwargs,message", [
     ({"calib_method": "kl"}, "unknown calibration method 'kl'; choose one of: "),
     ({"max_drop": -0.5}, "--max-drop must be 0 or more percentage points, got -0.5"),
+    ({"max_drop": float("nan")}, "--max-drop must be 0 or more percentage points, got nan"),  # would fit any drop
+    ({"calib_images": 0}, "--calib-images must be at least 1, got 0"),
 ])
 def test_int8_options_refuse_bad_values_where_they_are_made(kwargs: dict, message: str) -> None:
     with pytest.raises(InputError) as err:

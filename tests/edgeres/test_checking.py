@@ -426,6 +426,8 @@ def test_cli_side_by_side_is_the_default_when_the_baseline_artifact_is_on_disk(s
     ({"trials": 2.5}, "trials must be an integer >= 1, got 2.5"),
     ({"trial_duration_s": 0.0}, "trial duration must be > 0 s"),
     ({"trial_duration_s": None}, "trial duration must be > 0 s"),
+    ({"trial_duration_s": float("inf")}, "trial duration must be > 0 s and finite"),
+    ({"trial_duration_s": float("nan")}, "trial duration must be > 0 s"),
     ({"trial_iterations": 0}, "trial iterations must be an integer >= 1"),
     ({"warmup_s": -1.0}, "warmup must be >= 0 s, got -1.0"),
     ({"batches": "1,x"}, "batch sizes must be integers"),
@@ -491,3 +493,18 @@ def test_cli_refuses_a_bad_plan_with_exit_2(setup: dict[str, Path]) -> None:
     assert res.exit_code == 2 and "--model names a served model" in res.output
     res = _cli("--server", "http://127.0.0.1:9", "--baseline", setup["baseline"], "--update-baseline")
     assert res.exit_code == 2 and "cannot reach the server" in res.output  # exit 2: the gate could not run
+
+
+@pytest.mark.parametrize("name", ["accuracy_pp", "latency_median", "latency_p99"])
+def test_a_nan_tolerance_is_refused_instead_of_passing_everything(name: str) -> None:
+    # every comparison with NaN is False: "drop > nan" would never fail a row
+    with pytest.raises(GateInputError, match=f"tolerance {name} must be a number >= 0, got nan"):
+        Tolerances(**{name: float("nan")})
+
+
+def test_artifact_or_server_is_checked_before_the_baseline_is_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no-baseline.json"
+    with pytest.raises(GateInputError, match="nothing to check: give ARTIFACT or --server URL"):
+        check(None, baseline=missing)
+    with pytest.raises(GateInputError, match="--model names a served model"):
+        check(tmp_path / "m.onnx", baseline=missing, model="resnet")

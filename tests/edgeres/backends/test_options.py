@@ -19,6 +19,8 @@ from edgeres.errors import InputError
     ({"workspace_mb": -64}, "--workspace must be a positive number of MiB, got -64"),
     ({"opt_level": 6}, "--opt-level must be 0..5, got 6"),
     ({"opt_level": -1}, "--opt-level must be 0..5, got -1"),
+    ({"workspace_mb": float("nan")}, "--workspace must be a positive number of MiB, got nan"),
+    ({"dla_core": -1}, "--dla-core must be a DLA core number (0, 1, ...), got -1"),
 ])
 def test_bad_values_are_refused_where_the_options_are_made(kwargs: dict, message: str) -> None:
     with pytest.raises(InputError) as err:
