@@ -344,13 +344,15 @@ def bench_cmd(ctx: click.Context, artifact: Path | None, server: str | None, mod
     from edgeres.report import bench_table
     from edgeres.serve.client import ServerBenchResult, server_bench_table
 
-    if iterations is not None and ctx.get_parameter_source("duration") is ParameterSource.COMMANDLINE:
-        raise click.UsageError("give --duration or --iterations, not both")
     if artifact is None and server is None:
         raise click.UsageError("Missing argument 'ARTIFACT' (or --server URL).")
-    given = ctx.get_parameter_source("batches") is ParameterSource.COMMANDLINE
-    result = api.bench(artifact, server=server, model=model, batches=batches if given else None,
-                       concurrency=concurrency, warmup_s=warmup, duration_s=duration, iterations=iterations,
+
+    def given(name: str) -> bool:  # the API applies its own defaults (they depend on the mode)
+        return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+
+    result = api.bench(artifact, server=server, model=model, batches=batches if given("batches") else None,
+                       concurrency=concurrency, warmup_s=warmup, duration_s=duration if given("duration") else None,
+                       iterations=iterations,
                        transfers=not no_transfers, threads=threads, out=out, report=report, plot=plot,
                        quiet=quiet_flag(ctx))
     click.echo(server_bench_table(result) if isinstance(result, ServerBenchResult) else bench_table(result))
@@ -439,6 +441,12 @@ def _backends() -> list[str]:
     return [b.value for b in BackendName]
 
 
+def _tensorrt_choices(name: str) -> list[str]:
+    from edgeres.backends import options
+
+    return list(getattr(options, name))
+
+
 def _print_rows(rows: list[tuple[str, Any]]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -466,11 +474,11 @@ def _print_rows(rows: list[tuple[str, Any]]) -> None:
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), help="TensorRT: builder workspace (MB).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT: timing cache file.")
 @click.option("--dla-core", type=click.IntRange(min=0), help="TensorRT: build for this DLA core (Jetson).")
-@click.option("--int8-mode", default="explicit", show_default=True, type=click.Choice(["explicit", "implicit"]),
+@click.option("--int8-mode", default="explicit", show_default=True, type=click.Choice(_tensorrt_choices("INT8_MODES")),
               help="TensorRT: Q/DQ ONNX (explicit) or calibration cache (implicit, TensorRT 8.5-10.x).")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT: builder optimisation level.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: engine runnable by later TensorRT versions.")
-@click.option("--high-precision", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32"]),
+@click.option("--high-precision", default="fp16", show_default=True, type=click.Choice(_tensorrt_choices("HIGH_PRECISIONS")),
               help="TensorRT int8: precision of the layers left unquantized.")
 @click.option("--no-tf32", is_flag=True, help="TensorRT: strict FP32 (FP32 layers may not use TF32 tensor cores).")
 @click.option("--max-drop", type=float, metavar="PP",
@@ -636,20 +644,17 @@ def serve(ctx: click.Context, artifact: Path, http_port: int, grpc_port: int, me
     from edgeres.serve.triton import ServerError
 
     click.echo(f"starting Triton for {artifact} ...", err=True)
-    try:  # Ctrl-C/SIGTERM while starting or serving: a clean stop, exit 0
-        with api.serve_artifact(artifact, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                                instances=instances, max_queue_delay_us=max_queue_delay_us, threads=threads,
-                                name=name, repo=repo, ready_timeout_s=ready_timeout) as (server, served):
-            _print_endpoints(server, served)
-            try:
-                while server.alive():
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
-                click.echo("stopping Triton ...", err=True)
-                raise
+    with api.serve_artifact(artifact, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                            instances=instances, max_queue_delay_us=max_queue_delay_us, threads=threads, name=name,
+                            repo=repo, ready_timeout_s=ready_timeout) as (server, served):
+        _print_endpoints(server, served)
+        try:  # Ctrl-C/SIGTERM while serving is how it ends: a clean stop, exit 0 (while starting: "interrupted")
+            while server.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            click.echo("stopping Triton ...", err=True)
+        else:
             raise ServerError(f"Triton exited unexpectedly (code {server.process.returncode}): {server.log_tail()}")
-    except KeyboardInterrupt:
-        pass
     click.echo("stopped", err=True)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from edgeres.backends.base import artifact_inputs
 from edgeres.errors import InputError, UsageError
 from edgeres.io import outputs_safe
 
@@ -32,13 +33,6 @@ if TYPE_CHECKING:
     from edgeres.training import TrainConfig, TrainResult
 
 PathLike = str | os.PathLike[str]
-
-
-def artifact_inputs(artifact: PathLike) -> dict[str, Path]:
-    """An artifact and its sidecar, both inputs of the commands that run it (see :func:`edgeres.io.outputs_safe`)."""
-    from edgeres.backends.base import sidecar_path
-
-    return {"ARTIFACT": Path(artifact), "ARTIFACT's sidecar": sidecar_path(artifact)}
 
 
 def train(data: PathLike, *, out: PathLike, config: TrainConfig | None = None, resume: bool = False,
@@ -243,7 +237,7 @@ def infer(artifact: PathLike | None = None, images: PathLike | None = None, *, s
 
 def bench(artifact: PathLike | None = None, *, server: str | None = None, model: str | None = None,
           batches: Sequence[int] | str | None = None, concurrency: Sequence[int] | str = (1, 4, 16),
-          warmup_s: float = 1.0, duration_s: float | None = 5.0, iterations: int | None = None,
+          warmup_s: float = 1.0, duration_s: float | None = None, iterations: int | None = None,
           transfers: bool = True, threads: int | None = None, out: PathLike | None = None,
           report: PathLike | None = None, plot: PathLike | None = None,
           quiet: bool = False) -> BenchResult | ServerBenchResult:
@@ -254,7 +248,8 @@ def bench(artifact: PathLike | None = None, *, server: str | None = None, model:
         server: the URL of a served edgeres model; ``model``: which one (None = the only one).
         batches: batch sizes (local; default 1, 8, 32) or the one images-per-request size (server; default 1).
         concurrency: with ``server``: client threads per level.
-        warmup_s, duration_s, iterations: untimed warm-up, then timed wall time or calls per level.
+        warmup_s: untimed warm-up per level; then ``duration_s`` of timed wall time (default 5 s) or
+            ``iterations`` timed calls (requests with ``server``), not both.
         transfers: False times the compute stage only (local).
         threads: backend worker threads (local).
         out: write the result as JSON; ``report``: as Markdown; ``plot``: a PNG (local only; needs matplotlib,
@@ -267,6 +262,10 @@ def bench(artifact: PathLike | None = None, *, server: str | None = None, model:
     """
     if (artifact is None) == (server is None):
         raise UsageError("give an artifact or a server URL (--server), not both or neither")
+    if duration_s is not None and iterations is not None:
+        raise UsageError("give --duration or --iterations, not both")
+    if duration_s is None and iterations is None:
+        duration_s = 5.0
     if server is not None:
         return _bench_server(server, model=model, batches=batches, concurrency=concurrency, warmup_s=warmup_s,
                              duration_s=duration_s, iterations=iterations, out=out, report=report, plot=plot)
@@ -299,12 +298,15 @@ def _bench_server(server: str, *, model: str | None, batches: Sequence[int] | st
 
     if plot is not None or report is not None:
         raise UsageError("--plot and --report apply to a local bench; with --server use --out")
-    sizes = (1,) if batches is None else parse_batches(batches)
+    try:
+        sizes = (1,) if batches is None else parse_batches(batches)
+    except InputError:
+        sizes = ()
     if len(sizes) != 1:
         raise UsageError(f"with --server give one batch size (images per request), got {batches!r}")
     outputs_safe({}, {"--out": out})
-    result = bench_server(server, model=model, concurrency=concurrency, batch=sizes[0],
-                          duration_s=None if iterations else duration_s, requests=iterations, warmup_s=warmup_s)
+    result = bench_server(server, model=model, concurrency=concurrency, batch=sizes[0], duration_s=duration_s,
+                          requests=iterations, warmup_s=warmup_s)
     if out is not None:
         result.write_json(out)
     return result

@@ -159,12 +159,8 @@ def infer_folder(artifact_or_model: str | os.PathLike[str], folder: str | os.Pat
         first = result.skipped[0]
         raise DataError(f"{folder}: none of its {len(result.skipped)} image file(s) could be read, first "
                         f"{first.path}: {first.reason}")
-    if strict and result.skipped:
-        first = result.skipped[0]
-        err = DataError(f"{len(result.skipped)} unreadable image(s) (remove or fix them), first {first.path}: "
-                        f"{first.reason}")
-        err.result = result  # type: ignore[attr-defined]
-        raise err
+    if strict:
+        raise_if_skipped(result)
     return result
 
 

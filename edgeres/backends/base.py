@@ -135,6 +135,11 @@ def sidecar_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
+def artifact_inputs(artifact: str | Path) -> dict[str, Path]:
+    """An artifact and its sidecar, both inputs of whatever runs it (for :func:`edgeres.io.outputs_safe`)."""
+    return {"ARTIFACT": Path(artifact), "ARTIFACT's sidecar": sidecar_path(artifact)}
+
+
 class Runner(Protocol):
     """A loaded artifact, ready to run batches. Use as a context manager."""
 

@@ -224,7 +224,6 @@ class RemoteRunner:
         self.profile = BatchProfile(min(low, high), min(low, high), high)
         self.backend = f"triton/{params.get('edgeres_backend', '?')}"
         self.precision = params.get("edgeres_precision", "?")
-        self.params = params  # every edgeres_* parameter the served repository recorded
         # the served artifact's identity as `edgeres serve` recorded it ("" from a repository of an older edgeres)
         self.artifact_sha256 = params.get("edgeres_artifact_sha256", "")
         self.model_sha256 = params.get("edgeres_model_sha256", "")

@@ -150,6 +150,8 @@ def test_infer_and_bench_usage_errors_carry_the_cli_usage_exit_status(tiny_onnx:
         lambda: edgeres.bench(tiny_onnx, iterations=2, plot=tmp_path / "p.jpg"),
         lambda: edgeres.bench(server="http://127.0.0.1:9", report=tmp_path / "r.md"),
         lambda: edgeres.bench(server="http://127.0.0.1:9", batches="1,8"),
+        lambda: edgeres.bench(server="http://127.0.0.1:9", batches="abc"),
+        lambda: edgeres.bench(tiny_onnx, duration_s=1.0, iterations=2),
     ]
     for case in cases:
         with pytest.raises(UsageError) as info:
