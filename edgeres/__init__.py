@@ -10,7 +10,7 @@ imports neither torch nor ONNX Runtime)::
     edgeres.train("data", out="m.pt", arch="resnet20", epochs=2)  # -> TrainResult
     edgeres.export("m.pt", out="m.onnx")                          # -> ExportResult
     edgeres.calibrate("m.onnx")                                   # -> CalibrationResult (m.ranges.json)
-    edgeres.quantize("m.onnx", "m.ranges.json", out="m.int8.onnx")
+    edgeres.quantize("m.onnx", "m.ranges.json", out="m.qdq.onnx")  # -> QuantizeResult
     built = edgeres.build("m.onnx", precision="int8")             # -> BuildResult
     with edgeres.open(built.artifact) as runner: ...              # -> a Runner
     edgeres.infer(built.artifact, "data/val")                     # -> InferResult
