@@ -216,18 +216,17 @@ def infer(artifact: PathLike | None = None, images: PathLike | None = None, *, s
         raise InputError("no images given: pass the image folder (IMAGES)")
     if (artifact is None) == (server is None):
         raise UsageError("give an artifact or a server URL (--server), not both or neither")
-    remote = None
-    if server is not None:
-        from edgeres.serve.client import RemoteRunner
+    if artifact is not None and Path(artifact).is_dir():
+        raise UsageError(f"{artifact} is a folder; ARTIFACT is a built artifact or an ONNX file")
+    outputs_safe({**(artifact_inputs(artifact) if artifact is not None else {}), "IMAGES": images}, {"--out": out})
+    with contextlib.ExitStack() as stack:
+        remote = None
+        if server is not None:
+            from edgeres.serve.client import RemoteRunner
 
-        remote = RemoteRunner(server, model)
-        outputs_safe({"IMAGES": images}, {"--out": out})
-    else:
-        if Path(artifact).is_dir():
-            raise UsageError(f"{artifact} is a folder; ARTIFACT is a built artifact or an ONNX file")
-        outputs_safe({**artifact_inputs(artifact), "IMAGES": images}, {"--out": out})
-    result = infer_folder(server or artifact, images, batch=batch, top_k=top_k, workers=workers, threads=threads,
-                          quiet=quiet, runner=remote)
+            remote = stack.enter_context(RemoteRunner(server, model))
+        result = infer_folder(server or artifact, images, batch=batch, top_k=top_k, workers=workers,
+                              threads=threads, quiet=quiet, runner=remote)
     if out is not None:
         result.write(out)
     if strict:

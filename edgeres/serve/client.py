@@ -366,27 +366,26 @@ def bench_server(url: str, *, model: str | None = None, concurrency: str | Seque
     from edgeres.timing import summarize, throughput
 
     levels = parse_concurrency(concurrency)
-    runner = RemoteRunner(url, model)
-    if not runner.profile.min <= batch <= runner.profile.max:
-        raise InputError(f"--batch {batch} is outside the served model's batch range "
-                         f"{runner.profile.min}..{runner.profile.max}")
-    x = input_batch(runner.card, batch)
-    result = ServerBenchResult(url=url, model=runner.model, batch=batch,
-                               settings={"concurrency": levels, "duration_s": duration_s, "requests": requests,
-                                         "warmup_s": warmup_s, "latency": "client wall time per request"})
-    for c in levels:
-        if warmup_s > 0:
-            run_load(runner.client, runner.model, x, concurrency=c, duration_s=warmup_s, card=runner.card)
-        before = runner.client.statistics(runner.model).get("execution_count", 0)
-        lat, errors, wall, _ = run_load(runner.client, runner.model, x, concurrency=c, card=runner.card,
-                                        requests=requests, duration_s=None if requests else duration_s)
-        after = runner.client.statistics(runner.model).get("execution_count", 0)
-        if not lat:
-            raise ServerRequestError(f"every request at concurrency {c} failed ({errors} errors)")
-        qps = throughput(len(lat), wall)
-        result.levels.append(LoadLevel(c, len(lat), errors, wall, summarize(lat), qps, qps * batch,
-                                       int(after) - int(before)))
-    runner.close()
+    with RemoteRunner(url, model) as runner:  # its connection is closed on every way out
+        if not runner.profile.min <= batch <= runner.profile.max:
+            raise InputError(f"--batch {batch} is outside the served model's batch range "
+                             f"{runner.profile.min}..{runner.profile.max}")
+        x = input_batch(runner.card, batch)
+        result = ServerBenchResult(url=url, model=runner.model, batch=batch,
+                                   settings={"concurrency": levels, "duration_s": duration_s, "requests": requests,
+                                             "warmup_s": warmup_s, "latency": "client wall time per request"})
+        for c in levels:
+            if warmup_s > 0:
+                run_load(runner.client, runner.model, x, concurrency=c, duration_s=warmup_s, card=runner.card)
+            before = runner.client.statistics(runner.model).get("execution_count", 0)
+            lat, errors, wall, _ = run_load(runner.client, runner.model, x, concurrency=c, card=runner.card,
+                                            requests=requests, duration_s=None if requests else duration_s)
+            after = runner.client.statistics(runner.model).get("execution_count", 0)
+            if not lat:
+                raise ServerRequestError(f"every request at concurrency {c} failed ({errors} errors)")
+            qps = throughput(len(lat), wall)
+            result.levels.append(LoadLevel(c, len(lat), errors, wall, summarize(lat), qps, qps * batch,
+                                           int(after) - int(before)))
     return result
 
 
