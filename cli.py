@@ -478,7 +478,8 @@ def _print_rows(rows: list[tuple[str, Any]]) -> None:
               help="TensorRT: Q/DQ ONNX (explicit) or calibration cache (implicit, TensorRT 8.5-10.x).")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT: builder optimisation level.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: engine runnable by later TensorRT versions.")
-@click.option("--high-precision", default="fp16", show_default=True, type=click.Choice(_tensorrt_choices("HIGH_PRECISIONS")),
+@click.option("--high-precision", default="fp16", show_default=True,
+              type=click.Choice(_tensorrt_choices("HIGH_PRECISIONS")),
               help="TensorRT int8: precision of the layers left unquantized.")
 @click.option("--no-tf32", is_flag=True, help="TensorRT: strict FP32 (FP32 layers may not use TF32 tensor cores).")
 @click.option("--max-drop", type=float, metavar="PP",

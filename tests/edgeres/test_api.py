@@ -71,6 +71,16 @@ def test_every_public_name_resolves_and_none_is_shadowed_by_a_submodule() -> Non
         edgeres.trian  # noqa: B018
 
 
+def test_what_type_checkers_see_is_what_runs() -> None:
+    """The TYPE_CHECKING imports of edgeres/__init__ (for IDEs and mypy) name the same objects as the lazy map."""
+    tree = ast.parse((ROOT / "edgeres" / "__init__.py").read_text())
+    block = next(node for node in tree.body
+                 if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    seen = {(node.module, alias.asname or alias.name, alias.name)
+            for node in ast.walk(block) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert {(module, name, attribute) for name, (module, attribute) in edgeres._LAZY.items()} == seen
+
+
 def test_public_functions_are_documented_and_typed() -> None:
     for name in ("train", "export", "calibrate", "quantize", "build", "open", "infer", "bench", "check"):
         fn = getattr(edgeres, name)
@@ -97,7 +107,8 @@ def test_calibrate_writes_beside_the_model_refuses_overwrites_and_checks_the_cac
     with pytest.raises(InputError, match="TensorRT version|version"):  # before any image is read
         edgeres.calibrate(model, images=16, trt_cache=tmp_path / "m.cache", trt_version="banana")
     assert not (tmp_path / "m.ranges.json").exists()
-    result = edgeres.calibrate(model, method="minmax", images=16, batch_size=8, trt_cache=tmp_path / "m.cache", quiet=True)
+    result = edgeres.calibrate(model, method="minmax", images=16, batch_size=8, trt_cache=tmp_path / "m.cache",
+                               quiet=True)
     assert result.path == tmp_path / "m.ranges.json" and result.path.is_file()
     assert result.trt_header.endswith("-MinMaxCalibration")  # the calibrator TensorRT runs for minmax ranges
     assert (tmp_path / "m.cache").read_text().splitlines()[0] == result.trt_header
