@@ -30,7 +30,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from api_surface_common import ADDRESS, ROOT, undefined_symbols, write_surface  # a sibling: tools/ runs as scripts
+
 OUT_DIR = ROOT / "tests" / "pycuda_api"
 CACHE = ROOT / ".pycuda_build"
 
@@ -50,8 +51,6 @@ VERSIONS = [
 # what a scratch venv needs, besides numpy, to build pycuda and import pycuda.driver
 BUILD_REQUIREMENTS = ["setuptools", "wheel", "pytools", "platformdirs", "mako"]
 
-SYSTEM_SYMBOL = re.compile(r"^(_?Py|__gmon_start__|_ITM_|_ZGTt|dl(open|close|sym|error)$|pthread_|__pthread_)")
-ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 KEEP_DUNDERS = {"__init__", "__call__", "__enter__", "__exit__", "__len__", "__getitem__", "__setitem__",
                 "__iter__", "__int__", "__index__", "__float__", "__eq__", "__hash__", "__del__"}
 
@@ -132,20 +131,6 @@ def build_wheel(python: Path, version: str, include: Path, cache: Path) -> Path:
         _run([str(python), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), "."],
              cwd=src)
     return next(wheels.glob(f"pycuda-{version}-*.whl"))
-
-
-def undefined_symbols(extension: Path) -> list[str]:
-    """GLOBAL undefined, unversioned symbols of ``extension`` that no system library or Python provides."""
-    out = _run(["readelf", "-W", "--dyn-syms", str(extension)], capture_output=True, text=True).stdout
-    symbols = set()
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) < 8 or parts[6] != "UND" or parts[4] != "GLOBAL":
-            continue
-        if "@" in parts[7] or SYSTEM_SYMBOL.match(parts[7]):
-            continue
-        symbols.add(parts[7])
-    return sorted(symbols)
 
 
 def surface_of(version: str, headers: tuple[str, ...], numpy: str, cache: Path) -> dict:
@@ -284,12 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and version not in args.only:
             continue
         surface = surface_of(version, headers, numpy, args.cache.resolve())
-        path = args.out / f"{version}.json"
-        path.write_text(json.dumps(surface, indent=1, sort_keys=True) + "\n")
-        n_members = sum(len(c["methods"]) + len(c["properties"]) + len(c.get("enum_members", {}))
-                        for c in surface["classes"].values())
-        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: pycuda {surface['version']}, "
-              f"{len(surface['classes'])} classes, {n_members} members, {len(surface['functions'])} functions")
+        summary = write_surface(args.out / f"{version}.json", surface, "pycuda")
+        print(summary + f", {len(surface['functions'])} functions")
     return 0
 
 

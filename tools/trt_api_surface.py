@@ -30,7 +30,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from api_surface_common import ADDRESS, ROOT, undefined_symbols, write_surface  # a sibling: tools/ runs as scripts
+
 OUT_DIR = ROOT / "tests" / "trt_api"
 WHEEL_CACHE = ROOT / ".trt_wheels"
 
@@ -45,11 +46,6 @@ VERSIONS = [
 
 # Libraries a Linux system always has: never stubbed.
 SYSTEM_LIBS = re.compile(r"^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux[-\w]*)\.so")
-# Symbols resolved by libc/libstdc++/libgcc or the Python interpreter.
-SYSTEM_SYMBOL = re.compile(r"^(_?Py|__gmon_start__|_ITM_|_ZGTt|dl(open|close|sym|error)$|pthread_|__pthread_)")
-# Python keeps object addresses in some default-argument reprs: drop them so the output is deterministic.
-ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
 KEEP_DUNDERS = {"__init__", "__call__", "__enter__", "__exit__", "__len__", "__getitem__", "__setitem__",
                 "__iter__", "__int__", "__index__"}
 
@@ -76,22 +72,6 @@ def needed_libs(extension: Path) -> list[str]:
     out = subprocess.run(["readelf", "-d", str(extension)], check=True, capture_output=True, text=True).stdout
     names = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
     return sorted(n for n in names if not SYSTEM_LIBS.match(n))
-
-
-def undefined_symbols(extension: Path) -> list[str]:
-    """GLOBAL undefined, unversioned symbols of ``extension`` that no system library or Python provides."""
-    out = subprocess.run(["readelf", "-W", "--dyn-syms", str(extension)], check=True, capture_output=True,
-                         text=True).stdout
-    symbols = set()
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) < 8 or parts[6] != "UND" or parts[4] != "GLOBAL":
-            continue
-        name = parts[7]
-        if "@" in name or SYSTEM_SYMBOL.match(name):
-            continue
-        symbols.add(name)
-    return sorted(symbols)
 
 
 def build_stubs(libs: list[str], symbols: list[str], dest: Path) -> None:
@@ -257,12 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and stem not in args.only:
             continue
         surface = surface_of(stem, requirement, args.wheels)
-        path = args.out / f"{stem}.json"
-        path.write_text(json.dumps(surface, indent=1, sort_keys=True) + "\n")
-        n_members = sum(len(c["methods"]) + len(c["properties"]) + len(c.get("enum_members", {}))
-                        for c in surface["classes"].values())
-        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: TensorRT {surface['version']}, "
-              f"{len(surface['classes'])} classes, {n_members} members")
+        summary = write_surface(args.out / f"{stem}.json", surface, "TensorRT")
+        print(summary)
     return 0
 
 
